@@ -1,0 +1,1 @@
+"""metazoo CLI and pipeline orchestration."""

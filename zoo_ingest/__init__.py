@@ -1,0 +1,1 @@
+"""zoo_ingest package."""
