@@ -1,0 +1,36 @@
+"""Connecting to Ray: a cluster when one is named, otherwise a local Ray started in-process."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to Ray once per process.
+
+    `address` (or the RAY_ADDRESS environment variable) selects an existing cluster; without either,
+    a local Ray is started bound to 127.0.0.1. Inside a Ray worker or job (already initialised) this
+    is a no-op. Unreachable addresses fail within seconds with a message naming the address.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(
+        ignore_reinit_error=True,
+        include_dashboard=False,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from exc
+    else:
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
