@@ -7,3 +7,8 @@ from metanets.spec import LayerSpec, NetworkSpec, SpecError, group_of_activation
 from metanets.weight_space import WeightSpace
 
 __all__ = ["LayerSpec", "NetworkSpec", "SpecError", "WeightSpace", "group_of_activation"]
+
+from metanets import symmetry  # noqa: E402
+from metanets.models import build_model, model_names  # noqa: E402
+
+__all__ += ["build_model", "model_names", "symmetry"]

@@ -1,0 +1,67 @@
+"""Building blocks shared by the equivariant layers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from metanets.weight_space import WeightSpace
+
+
+class ChannelLinear(nn.Module):
+    """A linear map over axis 1 (channels) of a tensor (B, C_in, *rest) -> (B, C_out, *rest).
+
+    `bias=False` keeps the map homogeneous, which scale- and sign-equivariant layers need.
+    """
+
+    def __init__(self, c_in: int, c_out: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(c_out, c_in))
+        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        bound = 1.0 / math.sqrt(c_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.movedim(1, -1), self.weight, self.bias).movedim(-1, 1)
+
+
+def flat_kernel(w: torch.Tensor) -> torch.Tensor:
+    """(B, C, n, m, *kernel) -> (B, C*s, n, m): kernel positions ride along as extra channels."""
+    B, C, n, m = w.shape[:4]
+    if w.ndim == 4:
+        return w
+    return w.movedim((2, 3), (-2, -1)).reshape(B, -1, n, m)
+
+
+def unflat_kernel(x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of `flat_kernel`: (B, C*s, n, m) -> (B, C, n, m, *kernel)."""
+    if not kernel:
+        return x
+    B, _, n, m = x.shape
+    return x.reshape(B, -1, *kernel, n, m).movedim((-2, -1), (2, 3))
+
+
+class WSActivation(nn.Module):
+    """An elementwise nonlinearity applied to every tensor of a weight space."""
+
+    def __init__(self, fn: str = "relu"):
+        super().__init__()
+        self.fn = {"relu": torch.relu, "tanh": torch.tanh, "identity": lambda t: t}[fn]
+
+    def forward(self, ws: WeightSpace) -> WeightSpace:
+        return ws.map(self.fn)
+
+
+def mlp(d_in: int, hidden: int, d_out: int, depth: int = 2) -> nn.Sequential:
+    """A plain ReLU MLP with `depth` hidden layers."""
+    dims = [d_in] + [hidden] * depth
+    mods: list[nn.Module] = []
+    for a, b in zip(dims, dims[1:]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    mods.append(nn.Linear(dims[-1], d_out))
+    return nn.Sequential(*mods)

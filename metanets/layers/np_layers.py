@@ -1,0 +1,135 @@
+"""Permutation-equivariant NFN layers (NP and HNP) and their invariant pooling.
+
+NP treats every neuron, inputs and outputs included, as permutable, so its layers are equivariant to a
+larger group than the network's; HNP fixes the input and output neurons and so may mix along those
+axes. Both are equivariant to permutations of the hidden neurons, which is what they are tested for.
+Aggregations are means, so feature magnitudes do not grow with layer width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metanets.layers.common import ChannelLinear, flat_kernel, unflat_kernel
+from metanets.spec import NetworkSpec
+from metanets.weight_space import WeightSpace
+
+
+def _global_means(ws: WeightSpace) -> torch.Tensor:
+    """Means over the neuron axes of every tensor: (B, sum_t C*s_t)."""
+    parts = [flat_kernel(w).mean(dim=(2, 3)) for w in ws.weights]
+    parts += [b.mean(dim=2) for b in ws.biases]
+    return torch.cat(parts, dim=1)
+
+
+def _io_invariants(ws: WeightSpace) -> torch.Tensor:
+    """Quantities indexed by input/output neurons only (invariant to hidden permutations)."""
+    B = ws.batch_size
+    first, last = flat_kernel(ws.weights[0]), flat_kernel(ws.weights[-1])
+    return torch.cat(
+        [first.mean(dim=2).reshape(B, -1), last.mean(dim=3).reshape(B, -1), ws.biases[-1].reshape(B, -1)],
+        dim=1,
+    )
+
+
+def _global_width(spec: NetworkSpec, c: int, hnp: bool) -> int:
+    width = sum(c * layer.kernel_size for layer in spec.layers) + c * spec.num_layers
+    if hnp:
+        first, last = spec.layers[0], spec.layers[-1]
+        width += c * first.kernel_size * first.n_in + c * last.kernel_size * last.n_out + c * last.n_out
+    return width
+
+
+class NPLinear(nn.Module):
+    """One permutation-equivariant layer WeightSpace(C_in) -> WeightSpace(C_out).
+
+    Output weight i sees: W_i, its row and column means, b_i, b_{i-1}, the row means of W_{i-1}, the
+    column means of W_{i+1} and global invariants. With `hnp=True` the first layer also mixes along
+    its (fixed) input axis, the last layer along its output axis, and input/output-indexed quantities
+    join the invariants.
+    """
+
+    def __init__(self, spec: NetworkSpec, c_in: int, c_out: int, hnp: bool = False):
+        super().__init__()
+        self.spec, self.c_in, self.c_out, self.hnp = spec, c_in, c_out, hnp
+        L, s = spec.num_layers, [layer.kernel_size for layer in spec.layers]
+        g = _global_width(spec, c_in, hnp)
+        self.w_maps, self.b_maps = nn.ModuleList(), nn.ModuleList()
+        self.glob_w, self.glob_b = nn.ModuleList(), nn.ModuleList()
+        for i in range(L):
+            w_in = 3 * c_in * s[i] + c_in
+            b_in = c_in + c_in * s[i]
+            if i > 0:
+                w_in += c_in + c_in * s[i - 1]
+            if i < L - 1:
+                w_in += c_in * s[i + 1]
+                b_in += c_in * s[i + 1]
+            self.w_maps.append(ChannelLinear(w_in, c_out * s[i]))
+            self.b_maps.append(ChannelLinear(b_in, c_out))
+            # invariants enter every entry alike: map them once, then broadcast
+            self.glob_w.append(nn.Linear(g, c_out * s[i], bias=False))
+            self.glob_b.append(nn.Linear(g, c_out, bias=False))
+        if hnp:
+            first, last = spec.layers[0], spec.layers[-1]
+            self.first_io = ChannelLinear(c_in * s[0] * first.n_in, c_out * s[0] * first.n_in, bias=False)
+            self.last_io = ChannelLinear(c_in * s[-1] * last.n_out, c_out * s[-1] * last.n_out, bias=False)
+            self.last_bias_io = ChannelLinear(c_in * last.n_out, c_out * last.n_out, bias=False)
+
+    def forward(self, ws: WeightSpace) -> WeightSpace:
+        L, B = self.spec.num_layers, ws.batch_size
+        wf = [flat_kernel(w) for w in ws.weights]  # (B, C*s_i, n_i, m_i)
+        glob = _global_means(ws)
+        if self.hnp:
+            glob = torch.cat([glob, _io_invariants(ws)], dim=1)
+        out_w, out_b = [], []
+        for i in range(L):
+            n, m = wf[i].shape[2:]
+            terms = [
+                wf[i],
+                wf[i].mean(dim=3, keepdim=True),
+                wf[i].mean(dim=2, keepdim=True),
+                ws.biases[i][..., None],
+            ]
+            b_terms = [ws.biases[i], wf[i].mean(dim=3)]
+            if i > 0:
+                terms += [ws.biases[i - 1][:, :, None, :], wf[i - 1].mean(dim=3)[:, :, None, :]]
+            if i < L - 1:
+                nxt = wf[i + 1].mean(dim=2)  # (B, C*s_{i+1}, n_i)
+                terms.append(nxt[..., None])
+                b_terms.append(nxt)
+            x = torch.cat([t.expand(B, t.shape[1], n, m) for t in terms], dim=1)
+            y = self.w_maps[i](x) + self.glob_w[i](glob)[:, :, None, None]
+            xb = torch.cat([t.expand(B, t.shape[1], n) for t in b_terms], dim=1)
+            yb = self.b_maps[i](xb) + self.glob_b[i](glob)[:, :, None]
+            if self.hnp and i == 0:
+                io = wf[0].movedim(3, 2).reshape(B, -1, n)  # input axis into channels
+                y = y + self.first_io(io).reshape(B, -1, m, n).movedim(2, 3)
+            if self.hnp and i == L - 1:
+                io = wf[i].reshape(B, -1, m)  # output axis into channels
+                y = y + self.last_io(io).reshape(B, -1, n, m)
+                yb = yb + self.last_bias_io(ws.biases[i].reshape(B, -1, 1)).reshape(B, -1, n)
+            out_w.append(unflat_kernel(y, self.spec.layers[i].kernel))
+            out_b.append(yb)
+        return WeightSpace(self.spec, tuple(out_w), tuple(out_b))
+
+
+def np_pool(ws: WeightSpace, hnp: bool = False) -> torch.Tensor:
+    """Invariant pooling: (B, features). NP averages every tensor; HNP keeps input/output axes."""
+    if not hnp:
+        return _global_means(ws)
+    B, L = ws.batch_size, ws.spec.num_layers
+    parts = [_io_invariants(ws)]
+    for i in range(1, L - 1):
+        parts.append(flat_kernel(ws.weights[i]).mean(dim=(2, 3)))
+    parts += [b.mean(dim=2) for b in ws.biases[:-1]]
+    return torch.cat(parts, dim=1).reshape(B, -1)
+
+
+def np_pool_width(spec: NetworkSpec, c: int, hnp: bool = False) -> int:
+    if not hnp:
+        return sum(c * layer.kernel_size for layer in spec.layers) + c * spec.num_layers
+    first, last = spec.layers[0], spec.layers[-1]
+    io = c * first.kernel_size * first.n_in + c * last.kernel_size * last.n_out + c * last.n_out
+    hidden = sum(c * layer.kernel_size for layer in spec.layers[1:-1])
+    return io + hidden + c * (spec.num_layers - 1)

@@ -1,0 +1,152 @@
+"""Each equivariant layer is equivariant (float64) and fails under a wrong, uncoupled action."""
+
+import pytest
+import torch
+
+from metanets import NetworkSpec, WeightSpace, symmetry
+from metanets.layers.monomial import MonomialLinear
+from metanets.layers.np_layers import NPLinear
+from metanets.layers.quasi import QuasiScale
+from metanets.testing import assert_equivariant, equivariance_error
+from tests.metanets.reference_nets import MLP, Siren, SmallCNN, random_state_dicts
+
+B, C = 3, 4
+
+
+def _feature(make, activation, channels=C, seed=0):
+    """A random C-channel feature on the weight space of `make`'s networks."""
+    sds = random_state_dicts(make, 1, seed)
+    spec = NetworkSpec.from_state_dict(sds[0], activation=activation)
+    gen = torch.Generator().manual_seed(seed)
+    ws = WeightSpace(
+        spec,
+        tuple(torch.randn(B, channels, *layer.shape, generator=gen, dtype=torch.float64) for layer in spec.layers),
+        tuple(torch.randn(B, channels, layer.n_out, generator=gen, dtype=torch.float64) for layer in spec.layers),
+    )
+    return spec, ws
+
+
+SPECS = {
+    "mlp-relu": (MLP, "relu", (0.1, 100.0)),
+    "cnn-relu": (SmallCNN, "relu", (1.0, 1e4)),
+    "cnn-tanh": (lambda: SmallCNN("tanh"), "tanh", None),
+    "siren": (Siren, "sine", None),
+}
+
+LAYERS = {
+    "np": lambda spec: NPLinear(spec, C, 5, hnp=False),
+    "hnp": lambda spec: NPLinear(spec, C, 5, hnp=True),
+    "monomial": lambda spec: MonomialLinear(spec, C, 5),
+}
+
+
+def _group_for(layer_name, spec):
+    # NP/HNP layers are equivariant to permutations; Monomial-NFN to the network's full group
+    return "perm" if layer_name in ("np", "hnp") else spec.group
+
+
+@pytest.mark.parametrize("net", SPECS)
+@pytest.mark.parametrize("layer_name", LAYERS)
+def test_layer_is_equivariant(layer_name, net):
+    make, activation, scale = SPECS[net]
+    spec, ws = _feature(make, activation)
+    layer = LAYERS[layer_name](spec)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        g = symmetry.sample(spec, B, scale=scale, group=_group_for(layer_name, spec), generator=gen)
+        assert_equivariant(layer, ws, g)
+
+
+def _uncoupled(g, h):
+    """Rows (and biases) of each layer move with g, columns of the next layer with h."""
+    return lambda w: symmetry.act_rows_cols(g, h, w)
+
+
+def _bias_decoupled(g, h):
+    """Weights move with g, biases with h."""
+    return lambda w: WeightSpace(w.spec, symmetry.act(g, w).weights, symmetry.act(h, w).biases)
+
+
+def _io_permuted(g, seed=11):
+    """g, then a permutation of the input neurons and of the output neurons, which the group fixes."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def action(w):
+        w = symmetry.act(g, w)
+        p_in = torch.randperm(w.spec.layers[0].n_in, generator=gen)
+        p_out = torch.randperm(w.spec.layers[-1].n_out, generator=gen)
+        weights = list(w.weights)
+        weights[0] = weights[0][:, :, :, p_in]
+        weights[-1] = weights[-1][:, :, p_out]
+        biases = w.biases[:-1] + (w.biases[-1][:, :, p_out],)
+        return WeightSpace(w.spec, tuple(weights), biases)
+
+    return action
+
+
+# The wrong actions each layer must notice. NP treats input/output neurons as permutable, so it is
+# equivariant to input/output permutations by design; Monomial-NFN layers have no terms coupling
+# different layers (only the ones that scale like the entry survive), so they are equivariant to the
+# uncoupled action by design, and are checked against the wrong actions they do see.
+WRONG = {
+    "np": [_uncoupled],
+    "hnp": [_uncoupled, lambda g, h: _io_permuted(g)],
+    "monomial": [_bias_decoupled, lambda g, h: _io_permuted(g)],
+}
+
+
+@pytest.mark.parametrize("net", SPECS)
+@pytest.mark.parametrize("layer_name", LAYERS)
+def test_layer_fails_under_wrong_actions(layer_name, net):
+    make, activation, scale = SPECS[net]
+    spec, ws = _feature(make, activation)
+    layer = LAYERS[layer_name](spec)
+    group = _group_for(layer_name, spec)
+    gen = torch.Generator().manual_seed(8)
+    g, h = (symmetry.sample(spec, B, scale=scale, group=group, generator=gen) for _ in range(2))
+    for wrong in WRONG[layer_name]:
+        action = wrong(g, h)
+        err, tol = equivariance_error(layer, ws, action, action)
+        assert err > 1e3 * tol, f"{layer_name} looks equivariant to a wrong action (err {err:.2e})"
+
+
+def test_monomial_layer_has_no_cross_layer_terms():
+    """Documented fact: linear Monomial-NFN layers are equivariant even to the uncoupled action."""
+    spec, ws = _feature(SmallCNN, "relu")
+    gen = torch.Generator().manual_seed(12)
+    g, h = (symmetry.sample(spec, B, scale=(1.0, 10.0), generator=gen) for _ in range(2))
+    err, tol = equivariance_error(MonomialLinear(spec, C, 5), ws, _uncoupled(g, h), _uncoupled(g, h))
+    assert err <= tol
+
+
+def test_monomial_layer_is_not_equivariant_to_scaling_if_np():
+    """NP layers mix rows and columns additively, so they cannot follow a scaling."""
+    spec, ws = _feature(SmallCNN, "relu")
+    g = symmetry.sample(spec, B, scale=(1.0, 100.0), generator=torch.Generator().manual_seed(9))
+    err, tol = equivariance_error(NPLinear(spec, C, 5), ws, g)
+    assert err > 1e3 * tol
+
+
+@pytest.mark.parametrize("alpha_mode", ["shared", "per_channel"])
+def test_quasi_scale_is_quasi_equivariant(alpha_mode):
+    """F = alpha . beta satisfies F(g theta) = g' F(theta) with g' = alpha(g theta) g alpha(theta)^-1."""
+    spec, feat = _feature(SmallCNN, "relu")
+    _, theta = _feature(SmallCNN, "relu", channels=1, seed=1)
+    beta = MonomialLinear(spec, C, C).double()
+    quasi = QuasiScale(spec, C, eps=0.5, alpha_mode=alpha_mode).double()
+    g = symmetry.sample(spec, B, scale=(1.0, 1e3), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        lhs = quasi(beta(symmetry.act(g, feat)), symmetry.act(g, theta))
+        a_theta, a_g_theta = quasi.alpha(theta), quasi.alpha(symmetry.act(g, theta))
+        f_theta = quasi(beta(feat), theta)
+        rhs = symmetry.scale_hidden(
+            symmetry.act(g, symmetry.scale_hidden(f_theta, tuple(1 / a for a in a_theta))), a_g_theta
+        )
+    err = max(float((x - y).abs().max()) for (_, x), (_, y) in zip(lhs.tensors(), rhs.tensors()))
+    assert err < 1e-9 * max(1.0, max(float(t.abs().max()) for _, t in rhs.tensors()))
+    # alpha lies in the group: positive, within 1 +- eps, and really depends on theta
+    scales = torch.cat([a.flatten() for a in a_theta])
+    assert float(scales.min()) >= 0.5 and float(scales.max()) <= 1.5
+    assert any(float((a - b).abs().max()) > 1e-6 for a, b in zip(a_theta, a_g_theta))
+    expected_channels = C if alpha_mode == "per_channel" else 1
+    assert all(a.shape[1] == expected_channels for a in a_theta)

@@ -1,0 +1,142 @@
+"""Every model is invariant to the group it claims (float64); the quasi model's facts 1 and 2."""
+
+import math
+
+import pytest
+import torch
+
+from metanets import NetworkSpec, SpecError, WeightSpace, build_model, symmetry
+from metanets.models import model_names
+from metanets.testing import assert_invariant, invariance_error
+from tests.metanets.reference_nets import MLP, Siren, SmallCNN, random_state_dicts
+
+B = 4
+NETS = {
+    "cnn-relu": (lambda: SmallCNN("relu"), "relu"),
+    "cnn-tanh": (lambda: SmallCNN("tanh"), "tanh"),
+    "mlp-relu": (lambda: MLP(activation="relu"), "relu"),
+    "mlp-tanh": (lambda: MLP(activation="tanh"), "tanh"),
+    "siren": (Siren, "sine"),
+}
+FAMILIES = ["statnet", "np", "hnp", "monomial_nfn", "monomial_nfn_large", "monomial_nfn_quasi"]
+
+
+def _ws(net, seed=0):
+    make, activation = NETS[net]
+    sds = random_state_dicts(make, B, seed)
+    spec = NetworkSpec.from_state_dict(sds[0], activation=activation)
+    return spec, WeightSpace.from_state_dicts(sds, spec, dtype=torch.float64)
+
+
+def _elements(spec, group, scale, k=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [symmetry.sample(spec, B, scale=scale, group=group, generator=gen) for _ in range(k)]
+
+
+def _build(name, spec, **kw):
+    torch.manual_seed(0)
+    return build_model(name, spec, **kw).double()
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_model_is_invariant_to_the_group_it_claims(name, net):
+    spec, ws = _ws(net)
+    if name == "monomial_nfn_quasi" and spec.group != "perm_scale":
+        with pytest.raises(SpecError, match="perm_scale"):
+            build_model(name, spec)
+        return
+    kwargs = {"alpha_mode": "shared"} if name == "monomial_nfn_quasi" else {}
+    model = _build(name, spec, **kwargs)
+    assert model.invariant_to in ("perm", spec.group) and model.invariance_exact
+    scale = (1.0, 1e4) if model.invariant_to == "perm_scale" else None
+    assert_invariant(model, ws, _elements(spec, model.invariant_to, scale))
+
+
+def test_every_model_name_is_covered():
+    assert set(model_names()) >= set(FAMILIES)
+
+
+@pytest.mark.parametrize("name", ["statnet", "np", "hnp"])
+def test_permutation_models_are_not_scale_invariant(name):
+    spec, ws = _ws("cnn-relu")
+    model = _build(name, spec)
+    err = invariance_error(model, ws, _elements(spec, "perm_scale", (1.0, 1e2)))["max"]
+    assert err > 1e-3
+
+
+def test_monomial_sign_model_is_not_scale_invariant_on_relu_group():
+    """The sign-group head (abs) does not remove positive scalings; a test that could fail does."""
+    spec, ws = _ws("cnn-tanh")
+    model = _build("monomial_nfn", spec)
+    err = invariance_error(model, ws, _elements(spec, "perm_scale", (1.0, 1e2)))["max"]
+    assert err > 1e-3
+
+
+def test_shared_quasi_equals_its_backbone():
+    """DESIGN.md fact 1: with one alpha for all channels the invariant output is the backbone's."""
+    spec, ws = _ws("cnn-relu")
+    quasi = _build("monomial_nfn_quasi", spec, alpha_mode="shared", eps=0.9)
+    backbone = _build("monomial_nfn", spec)
+    backbone.load_state_dict({k: v for k, v in quasi.state_dict().items() if not k.startswith("quasi.")})
+    with torch.no_grad():
+        out, ref = quasi(ws), backbone(ws)
+        alpha = quasi.quasi.alpha(ws)
+    assert max(float((a - 1).abs().max()) for a in alpha) > 0.05, "alpha must be far from identity"
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_per_channel_quasi_changes_output_and_its_invariance_error_grows_with_eps():
+    """DESIGN.md fact 2: per-channel alpha changes the output; invariance is approximate and measured."""
+    spec, ws = _ws("cnn-relu")
+    elements = _elements(spec, "perm_scale", (1.0, 1e3), k=4)
+    backbone = _build("monomial_nfn", spec)
+    errors = []
+    for eps in (0.0, 0.01, 0.1, 0.5):
+        model = _build("monomial_nfn_quasi", spec, alpha_mode="per_channel", eps=eps)
+        assert not model.invariance_exact
+        errors.append(invariance_error(model, ws, elements)["max"])
+        if eps > 0:
+            with torch.no_grad():
+                assert float((model(ws) - backbone(ws)).abs().max()) > 1e-6
+    assert errors[0] < 1e-12, "eps = 0 makes alpha the identity, so the model is exactly invariant"
+    assert errors[1] > 1e-9 and errors[1] < errors[2] < errors[3], errors
+
+
+def test_quasi_parameter_overhead_on_small_cnn_zoo_is_at_most_6_percent():
+    spec, _ = _ws("cnn-relu")
+    backbone = build_model("monomial_nfn", spec).num_params
+    quasi = build_model("monomial_nfn_quasi", spec).num_params
+    large = build_model("monomial_nfn_large", spec).num_params
+    assert 0 < (quasi - backbone) / backbone <= 0.06
+    assert (large - backbone) / backbone >= 0.5
+
+
+def test_models_accept_float32_batches_and_give_out_dim():
+    spec, ws = _ws("cnn-relu")
+    for name in FAMILIES:
+        model = build_model(name, spec, out_dim=10)
+        out = model(ws.float())
+        assert out.shape == (B, 10) and torch.isfinite(out).all()
+        out.sum().backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_bad_input_errors():
+    spec, ws = _ws("cnn-relu")
+    with pytest.raises(ValueError, match="unknown model 'nope'.*monomial_nfn"):
+        build_model("nope", spec)
+    with pytest.raises(ValueError, match="hiddenn"):
+        build_model("monomial_nfn", spec, hiddenn=3)
+    model = build_model("monomial_nfn", spec).double()
+    nan = ws.weights[2].clone()
+    nan[1, 0, 0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"conv3.weight.*\[1\]"):
+        model(WeightSpace(spec, ws.weights[:2] + (nan,) + ws.weights[3:], ws.biases))
+    other_spec, other = _ws("mlp-relu")
+    with pytest.raises(SpecError, match=spec.arch_id):
+        model(other)
+    with pytest.raises(ValueError, match="eps"):
+        build_model("monomial_nfn_quasi", spec, eps=1.0)
+    with pytest.raises(ValueError, match="alpha_mode"):
+        build_model("monomial_nfn_quasi", spec, alpha_mode="per_layer")
