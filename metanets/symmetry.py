@@ -145,14 +145,13 @@ def scale_hidden(ws: WeightSpace, scales: tuple[torch.Tensor, ...]) -> WeightSpa
     L = ws.spec.num_layers
     weights, biases = [], []
     for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
-        extra = w.ndim - 4  # kernel axes
+        # one (B, C, n, m) factor per layer, so the large tensor is touched once
+        rows = scales[i][..., :, None] if i < L - 1 else None
+        cols = 1.0 / scales[i - 1][..., None, :] if i > 0 else None
+        factor = rows * cols if rows is not None and cols is not None else (rows if cols is None else cols)
+        w = w * factor.reshape(*factor.shape, *([1] * (w.ndim - 4)))
         if i < L - 1:
-            a = scales[i]
-            w = w * a.reshape(*a.shape, 1, *([1] * extra))
-            b = b * a
-        if i > 0:
-            a = scales[i - 1]
-            w = w / a.reshape(a.shape[0], a.shape[1], 1, a.shape[2], *([1] * extra))
+            b = b * scales[i]
         weights.append(w)
         biases.append(b)
     return WeightSpace(ws.spec, tuple(weights), tuple(biases))

@@ -12,9 +12,18 @@ _QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def tensor_stats(t: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (B, 7): mean, variance and the 0, .25, .5, .75, 1 quantiles of each row."""
+    """(B, ...) -> (B, 7): mean, variance and the 0, .25, .5, .75, 1 quantiles of each row.
+
+    Quantiles interpolate linearly between order statistics (as `torch.quantile` does), from one sort.
+    """
     flat = t.reshape(t.shape[0], -1)
-    q = torch.quantile(flat, torch.tensor(_QUANTILES, dtype=flat.dtype, device=flat.device), dim=1).T
+    n = flat.shape[1]
+    ordered = flat.sort(dim=1).values
+    pos = torch.tensor(_QUANTILES, dtype=flat.dtype, device=flat.device) * (n - 1)
+    lo = pos.floor().long()
+    hi = pos.ceil().long()
+    frac = pos - lo.to(flat.dtype)
+    q = ordered[:, lo] + (ordered[:, hi] - ordered[:, lo]) * frac
     var = flat.var(dim=1, unbiased=False)
     return torch.cat([flat.mean(dim=1, keepdim=True), var[:, None], q], dim=1)
 
