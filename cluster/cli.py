@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+
+# Errors that mean "bad input or unreachable service", not a bug: reported without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError, TimeoutError)
 
 COMMANDS = {
     "generate": ("cluster.commands.generate", "train a built-in zoo and write its checkpoints"),
@@ -53,7 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(importlib.import_module(available[args.command][0]).run(args) or 0)
+    try:
+        return int(importlib.import_module(available[args.command][0]).run(args) or 0)
+    except USER_ERRORS as exc:
+        # bad input gets one clear line; set METAZOO_DEBUG=1 for the traceback
+        if os.environ.get("METAZOO_DEBUG"):
+            raise
+        print(f"metazoo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metazoo {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

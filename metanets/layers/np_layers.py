@@ -68,7 +68,7 @@ class NPLinear(nn.Module):
             self.w_maps.append(ChannelLinear(w_in, c_out * s[i]))
             self.b_maps.append(ChannelLinear(b_in, c_out))
             # invariants enter every entry alike: map them once, then broadcast
-            self.glob_w.append(nn.Linear(g, c_out * s[i], bias=False))
+            self.glob_w.append(nn.Linear(g, c_out, bias=False))
             self.glob_b.append(nn.Linear(g, c_out, bias=False))
         if hnp:
             first, last = spec.layers[0], spec.layers[-1]
@@ -99,7 +99,9 @@ class NPLinear(nn.Module):
                 terms.append(nxt[..., None])
                 b_terms.append(nxt)
             x = torch.cat([t.expand(B, t.shape[1], n, m) for t in terms], dim=1)
-            y = self.w_maps[i](x) + self.glob_w[i](glob)[:, :, None, None]
+            y = self.w_maps[i](x)
+            # invariants are shared by all kernel positions: (B, C_out) -> (B, C_out, s, 1, 1)
+            y = (y.reshape(B, self.c_out, -1, n, m) + self.glob_w[i](glob)[:, :, None, None, None]).reshape(y.shape)
             xb = torch.cat([t.expand(B, t.shape[1], n) for t in b_terms], dim=1)
             yb = self.b_maps[i](xb) + self.glob_b[i](glob)[:, :, None]
             if self.hnp and i == 0:
