@@ -12,7 +12,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to Ray once per process.
 
     `address` (or the RAY_ADDRESS environment variable) selects an existing cluster; without either,
-    a local Ray is started bound to 127.0.0.1. Inside a Ray worker or job (already initialised) this
+    a local Ray is started bound to 127.0.0.1
+    with at least 4 logical CPUs. Inside a Ray worker or job (already initialised) this
     is a no-op. Unreachable addresses fail within seconds with a message naming the address.
     """
     import ray
@@ -33,4 +34,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         except (ConnectionError, RuntimeError) as exc:
             raise ConnectionError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from exc
     else:
+        if num_cpus is None:
+            # Logical CPUs: training workers reserve theirs, and Ray Data's read tasks need some left over,
+            # so a small machine advertises a little more than its cores.
+            num_cpus = max(4, (os.cpu_count() or 1) + 2)
         ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)

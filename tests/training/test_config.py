@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from training.config import ConfigError, TrainConfig, load_config, parse_overrides
+
+CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*/*.yaml"))
+
+
+def test_there_are_shipped_configs_for_each_builtin_zoo():
+    families = {p.parent.name for p in CONFIGS}
+    assert {"digits-cnn", "digits-siren"} <= families
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_loads_and_names_its_launch_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# metazoo ") and str(path.relative_to(path.parents[1].parent)) in first
+    if "pipeline" in first:
+        return  # pipeline configs are validated by the pipeline tests
+    cfg = load_config(path)
+    assert isinstance(cfg, TrainConfig)
+    # the model and its kwargs build for the zoo's architecture
+    from metanets import NetworkSpec, build_model
+    from tests.metanets.reference_nets import Siren, SmallCNN
+
+    net, activation = (SmallCNN(), "relu") if path.parent.name == "digits-cnn" else (Siren(), "sine")
+    spec = NetworkSpec.from_state_dict(net.state_dict(), activation=activation)
+    assert build_model(cfg.model.name, spec, **cfg.model.kwargs).num_params > 0
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ConfigError, match=r"'model.nmae': unknown key"):
+        load_config(None, ["data.table=t", "model.nmae=hnp"])
+    with pytest.raises(ConfigError, match=r"'epochs'"):
+        load_config(None, ["data.table=t", "epochs=0"])
+    with pytest.raises(ConfigError, match=r"'data'"):
+        load_config(None, ["epochs=3"])  # data.table is required
+
+
+def test_overrides_parse_yaml_values_and_nest(tmp_path):
+    assert parse_overrides(["a.b=3", "a.c=[1, 2]", "d=x"]) == {"a": {"b": 3, "c": [1, 2]}, "d": "x"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {table: t}\nepochs: 4\nmodel: {name: hnp, kwargs: {hidden: 8}}\n")
+    cfg = load_config(path, ["epochs=2", "model.kwargs.hidden=4"])
+    assert cfg.epochs == 2 and cfg.model.name == "hnp" and cfg.model.kwargs == {"hidden": 4}
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_classification_task_uses_cross_entropy():
+    cfg = load_config(None, ["data.table=t", "task.kind=inr_classification"])
+    assert cfg.task.loss == "ce"
+    with pytest.raises(ConfigError, match="inr_classification"):
+        load_config(None, ["data.table=t", "task.loss=ce"])

@@ -1,0 +1,34 @@
+"""On-the-fly data augmentation by random group actions (the same `metanets.symmetry` functions the
+tests and the invariance audit use)."""
+
+from __future__ import annotations
+
+import torch
+
+from metanets import WeightSpace, symmetry
+from metanets.spec import PERM, PERM_SCALE, PERM_SIGN
+from training.config import AugmentConfig
+
+
+def augment(ws: WeightSpace, cfg: AugmentConfig, generator: torch.Generator) -> WeightSpace:
+    """Replace every network of the batch by a random member of its orbit.
+
+    Permutations when `cfg.permute`; positive scales U[1, 10^k] (k = `cfg.scale_log10_max`) for
+    perm_scale zoos; random signs for perm_sign zoos when `cfg.signs`.
+    """
+    if not cfg.enabled:
+        return ws
+    group, scale = ws.spec.group, None
+    if group == PERM_SCALE and cfg.scale_log10_max > 0:
+        scale = (1.0, 10.0 ** cfg.scale_log10_max)
+    elif group == PERM_SIGN and not cfg.signs:
+        group = PERM
+    elif group == PERM_SCALE:
+        group = PERM
+    if not cfg.permute and group == PERM:
+        return ws
+    g = symmetry.sample(
+        ws.spec, ws.batch_size, scale=scale, group=group, permute=cfg.permute, generator=generator,
+        dtype=ws.dtype,
+    )
+    return symmetry.act(g.to(device=ws.device), ws)

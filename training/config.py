@@ -1,0 +1,178 @@
+"""Typed training configuration: YAML file + `key=value` overrides, unknown keys rejected by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    table: str = Field(description="weight-table URI (local path, s3://..., any fsspec URL)")
+    arch: str | None = Field(None, description="arch_id to train on; None: the table's only architecture")
+    activation: str | None = Field(None, description="pick the table's architecture with this activation")
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    steps: list[int] | None = Field(None, description="keep checkpoints at these steps only; None: all")
+    target: str = Field("test_accuracy", description="metric column to regress, or 'label' to classify")
+    shuffle_buffer: int = Field(512, ge=1, description="rows in the per-worker shuffle buffer")
+
+
+class TaskConfig(Strict):
+    kind: Literal["generalization", "inr_classification"] = "generalization"
+    loss: Literal["bce", "mse", "ce"] = "bce"
+    num_classes: int = Field(10, ge=2)
+
+    @model_validator(mode="after")
+    def _loss_fits_task(self):
+        if self.kind == "generalization" and self.loss == "ce":
+            raise ValueError("task.loss 'ce' is for inr_classification; use 'bce' or 'mse'")
+        if self.kind == "inr_classification" and self.loss != "ce":
+            self.loss = "ce"
+        return self
+
+
+class ModelConfig(Strict):
+    name: str = "monomial_nfn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class AugmentConfig(Strict):
+    enabled: bool = False
+    permute: bool = True
+    scale_log10_max: float = Field(0.0, ge=0, description="positive scales U[1, 10^k] for ReLU zoos")
+    signs: bool = Field(True, description="random sign flips for tanh and sine zoos")
+
+
+class DeepSpeedConfig(Strict):
+    zero_stage: int = Field(0, ge=0, le=2)
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float = Field(1.0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+
+class ScalingConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+
+
+class CheckpointConfig(Strict):
+    every_n_epochs: int = Field(1, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+    storage_path: str = Field("./zoo_store/runs", description="where Ray Train keeps run folders")
+    max_failures: int = Field(1, ge=0, description="worker failures to recover from by restarting")
+
+
+class MLflowConfig(Strict):
+    enabled: bool = True
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    experiment: str | None = Field(None, description="default: metazoo-<zoo>-<task>")
+    artifact_location: str | None = Field(None, description="default for new experiments: ./mlartifacts")
+    register_model: bool = True
+    registered_model: str | None = Field(None, description="default: the experiment name")
+    system_metrics: bool = True
+
+
+class FaultConfig(Strict):
+    """Fault injection for tests: a worker process dies once, at the start of an epoch."""
+
+    fail_at_epoch: int | None = None
+    fail_rank: int = 0
+
+
+class TrainConfig(Strict):
+    data: DataConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    fault: FaultConfig = Field(default_factory=FaultConfig)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1, description="micro-batch per worker")
+    seed: int = 0
+    run_name: str | None = None
+    progress: bool = True
+
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        nxt = d.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        d = nxt
+    d[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['a.b=1', 'c=x'] -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        _set_path(out, key.strip(), yaml.safe_load(raw) if raw else "")
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate_config(raw: dict, cls: type[BaseModel] = TrainConfig, source: str = "config"):
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key!r}: {msg}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, cls=TrainConfig):
+    """Load a YAML config (or start empty), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return validate_config(raw, cls, str(path) if path else "config")

@@ -1,0 +1,193 @@
+"""`training.main(cfg)`: train one metanetwork on a weight table with DeepSpeed on Ray Train workers.
+
+Checks everything that can be checked before a worker starts (table, architecture, split sizes, model,
+MLflow server), creates the MLflow run, runs the TorchTrainer, then logs the best checkpoint's model,
+its predictions plot, and registers it (moving the `champion` alias only when it beats the champion).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metanets import NetworkSpec, build_model
+from training.batches import target_filter
+from training.config import ConfigError, TrainConfig
+from training.metrics import PRIMARY_METRIC
+from training.model_io import make_card
+
+OUTPUT_DIM = {"generalization": 1}
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    experiment: str
+    model_uri: str | None
+    registered_model: str | None
+    version: str | None
+    champion: bool
+    metrics: dict = field(default_factory=dict)
+    checkpoint_path: str | None = None
+    metanet_path: str | None = None
+    num_params: int = 0
+
+
+def _select_arch(table, cfg: TrainConfig) -> tuple[str, NetworkSpec]:
+    archs = table.archs
+    if not archs:
+        raise ValueError(f"table {cfg.data.table!r} holds no architectures (empty table)")
+    if cfg.data.activation is not None and cfg.data.arch is None:
+        archs = {a: s for a, s in archs.items() if s.activation == cfg.data.activation.lower()}
+        if not archs:
+            raise ConfigError(f"'data.activation': no architecture of table {cfg.data.table!r} uses "
+                              f"{cfg.data.activation!r}")
+    if cfg.data.arch is None:
+        if len(archs) > 1:
+            listing = ", ".join(f"{a} ({s.activation}, {s.num_params} params)" for a, s in archs.items())
+            raise ConfigError(f"'data.arch': the table holds several architectures, choose one of: {listing}")
+        return next(iter(archs.items()))
+    if cfg.data.arch not in archs:
+        raise ConfigError(f"'data.arch': {cfg.data.arch!r} is not in the table (it has {', '.join(archs)})")
+    return cfg.data.arch, archs[cfg.data.arch]
+
+
+def experiment_name(cfg: TrainConfig, zoo: str) -> str:
+    return cfg.mlflow.experiment or f"metazoo-{zoo}-{cfg.task.kind}"
+
+
+def prepare(cfg: TrainConfig):
+    """All checks that need no worker: returns (table, arch_id, spec, rows per split, out_dim)."""
+    from zoo_ingest import open_table
+
+    table = open_table(cfg.data.table)
+    arch_id, spec = _select_arch(table, cfg)
+    if cfg.data.target != "label" and cfg.data.target not in table.metrics:
+        raise ConfigError(f"'data.target': {cfg.data.target!r} is not a column of the table "
+                          f"(metrics: {table.metrics}, or 'label')")
+    rows = {}
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        if split not in table.splits:
+            raise ConfigError(f"'data': split {split!r} is not in the table (splits: {table.splits})")
+        rows[split] = table.count_rows(split=split, arch=arch_id, steps=cfg.data.steps,
+                                       where=target_filter(cfg.data.target))
+        if rows[split] == 0:
+            raise ValueError(
+                f"split {split!r} of table {cfg.data.table!r} is empty after filtering "
+                f"(arch={arch_id}, steps={cfg.data.steps}, target={cfg.data.target!r} not null)"
+            )
+    if rows[cfg.data.train_split] < cfg.scaling.num_workers:
+        raise ValueError(f"{rows[cfg.data.train_split]} training rows cannot feed {cfg.scaling.num_workers} workers")
+    out_dim = OUTPUT_DIM.get(cfg.task.kind, cfg.task.num_classes)
+    build_model(cfg.model.name, spec, out_dim=out_dim, **cfg.model.kwargs)  # fail now, not in a worker
+    return table, arch_id, spec, rows, out_dim
+
+
+def main(cfg: TrainConfig) -> TrainResult:
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training import registry
+    from training.tracking import check_tracking_server
+    from zoo_ingest.ray_runtime import ensure_ray
+
+    table, arch_id, spec, rows, out_dim = prepare(cfg)
+    zoo = table.zoo
+    tracking_uri = cfg.tracking_uri() if cfg.mlflow.enabled else None
+    if tracking_uri:
+        check_tracking_server(tracking_uri)
+    ensure_ray()
+
+    run_name = cfg.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    experiment = experiment_name(cfg, zoo)
+    run_id = registry.start_run(cfg, tracking_uri, experiment, run_name, spec, arch_id) if tracking_uri else None
+    storage = Path(cfg.checkpoint.storage_path).expanduser().resolve() \
+        if "://" not in cfg.checkpoint.storage_path else cfg.checkpoint.storage_path
+    marker = str(Path(storage) / run_name / "fault_injected") if cfg.fault.fail_at_epoch is not None else None
+    if marker:
+        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+
+    filters = dict(arch=arch_id, steps=cfg.data.steps, where=target_filter(cfg.data.target))
+    columns = list(spec.keys) + [cfg.data.target]
+    import ray.data
+
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = False  # one progress bar (rank 0's), not one per operator
+    data_ctx.print_on_execution_start = False
+    # rank 0 reads the (small) validation split straight from the table; training rows stream via Ray Data
+    datasets = {"train": table.to_ray_dataset(split=cfg.data.train_split, columns=columns, **filters)}
+    card = make_card(cfg.model.name, dict(cfg.model.kwargs, out_dim=out_dim), spec, task=cfg.task.kind,
+                     loss=cfg.task.loss, target=cfg.data.target, zoo=zoo, table=cfg.data.table)
+    primary = f"val_{PRIMARY_METRIC[cfg.task.kind]}"
+    trainer = TorchTrainer(
+        _worker_entry,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "out_dim": out_dim, "card": card,
+            "train_rows_per_worker": rows[cfg.data.train_split] // cfg.scaling.num_workers,
+            "tracking_uri": tracking_uri, "run_id": run_id, "fault_marker": marker, "arch_id": arch_id,
+        },
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=_resources(cfg),
+        ),
+        run_config=RunConfig(
+            name=run_name, storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.checkpoint.num_to_keep, checkpoint_score_attribute=primary,
+                checkpoint_score_order="max",
+            ),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], enable_shard_locality=False),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        if run_id:
+            registry.end_run(tracking_uri, run_id, "FAILED")
+        raise
+    best = _best_checkpoint(result, primary)
+    final_metrics = dict(result.metrics or {})
+    out = TrainResult(run_id=run_id, experiment=experiment, model_uri=None, registered_model=None, version=None,
+                      champion=False, metrics=final_metrics, checkpoint_path=best.path if best else None,
+                      num_params=build_model(cfg.model.name, spec, out_dim=out_dim, **cfg.model.kwargs).num_params)
+    try:
+        if best is not None:
+            local = best.to_directory()
+            out.metanet_path = str(Path(local) / "metanet")
+            if run_id:
+                registry.finish_run(cfg, tracking_uri, run_id, experiment, Path(local), final_metrics, out)
+        elif run_id:
+            registry.end_run(tracking_uri, run_id, "FINISHED")
+    except BaseException:
+        if run_id:
+            registry.end_run(tracking_uri, run_id, "FAILED")
+        raise
+    return out
+
+
+def _worker_entry(config: dict) -> None:
+    from training.worker import train_loop_per_worker
+
+    train_loop_per_worker(config)
+
+
+def _resources(cfg: TrainConfig) -> dict:
+    res = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
+    if cfg.scaling.use_gpu:
+        res["GPU"] = cfg.scaling.gpus_per_worker
+    return res
+
+
+def _best_checkpoint(result, primary: str):
+    scored = [(m.get(primary), c) for c, m in (result.best_checkpoints or [])]
+    scored = [(s, c) for s, c in scored if s is not None and not math.isnan(s)]
+    if scored:
+        return max(scored, key=lambda sc: sc[0])[1]
+    return result.checkpoint

@@ -1,0 +1,99 @@
+"""Experiment tracking: MLflow when enabled, a no-op stand-in otherwise (the loop never branches).
+
+The driver creates the run and logs what it knows (resolved config, final model, plots, registry);
+rank 0 of the training workers logs per-epoch metrics to the same run by id.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+class NoTracker:
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MLflowMetricsTracker:
+    """Logs metrics to an existing run by id (used on rank 0), with MLflow system metrics."""
+
+    def __init__(self, tracking_uri: str, run_id: str, system_metrics: bool = True):
+        from mlflow import MlflowClient
+
+        self.client, self.run_id = MlflowClient(tracking_uri), run_id
+        self.monitor = None
+        if system_metrics:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # the monitor logs through the fluent API
+                self.monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1)
+                self.monitor.start()
+            except Exception as exc:  # system metrics are a nicety; training must not fail for them
+                print(f"system metrics disabled: {exc}")
+                self.monitor = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if not math.isnan(float(v))]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+
+
+def make_tracker(tracking_uri: str | None, run_id: str | None, system_metrics: bool = True):
+    if tracking_uri and run_id:
+        return MLflowMetricsTracker(tracking_uri, run_id, system_metrics)
+    return NoTracker()
+
+
+def check_tracking_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message when an HTTP tracking server does not answer."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            if resp.status != 200:
+                raise ConnectionError(f"MLflow server at {tracking_uri} answered {resp.status} on /health")
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConnectionError(f"cannot reach the MLflow tracking server at {tracking_uri}: {exc}") from None
+
+
+def get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_location
+    if location is None and not client.tracking_uri.startswith(("http://", "https://")):
+        location = Path("mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def flatten_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten_params(v, key + "."))
+        else:
+            out[key] = str(v)[:500]
+    return out

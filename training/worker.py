@@ -1,0 +1,189 @@
+"""The per-worker training loop that Ray Train runs: DeepSpeed engine, streaming shards, checkpoints.
+
+Reads top to bottom: build the model, wrap it in DeepSpeed, resume from the last checkpoint if Ray
+Train restarted us, then for each epoch: train on this worker's shard, validate on rank 0, save a
+DeepSpeed checkpoint on every rank and report it with the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from metanets import NetworkSpec, build_model
+from training.augment import augment
+from training.batches import batch_targets, batch_to_weightspace, target_filter
+from training.config import TrainConfig
+from training.metrics import PRIMARY_METRIC, task_metrics
+from training.model_io import save_metanet
+from training.tracking import NoTracker, make_tracker
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+    ds = cfg.deepspeed
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "train_batch_size": cfg.batch_size * ds.grad_accum * world_size,
+        "gradient_accumulation_steps": ds.grad_accum,
+        "gradient_clipping": ds.grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": False},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    warmup = cfg.optim.warmup_steps
+
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def compute_loss(cfg: TrainConfig, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    out = out.float()
+    if cfg.task.kind == "inr_classification":
+        return F.cross_entropy(out, y)
+    if cfg.task.loss == "bce":
+        return F.binary_cross_entropy_with_logits(out.reshape(-1), y.clamp(0, 1))
+    return F.mse_loss(out.reshape(-1), y)
+
+
+def _iter_batches(shard, cfg: TrainConfig, epoch: int):
+    """This worker's share of the training split, shuffled differently (and reproducibly) every epoch."""
+    yield from shard.iter_batches(
+        batch_size=cfg.batch_size, batch_format="numpy", drop_last=False,
+        local_shuffle_buffer_size=cfg.data.shuffle_buffer, local_shuffle_seed=cfg.seed * 10007 + epoch,
+    )
+
+
+def evaluate(engine, cfg: TrainConfig, config: dict, device, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Raw outputs and targets over the whole validation split, read straight from the table."""
+    from zoo_ingest import open_table
+
+    table = open_table(cfg.data.table)
+    target = cfg.data.target
+    batches = table.batches(
+        cfg.batch_size, split=cfg.data.val_split, arch=config["arch_id"], steps=cfg.data.steps,
+        where=target_filter(target), targets=[] if target == "label" else [target],
+    )
+    engine.eval()
+    outs, targets = [], []
+    with torch.no_grad():
+        for ws, t in batches:
+            outs.append(engine(ws.to(device=device, dtype=dtype)).float().cpu().numpy())
+            targets.append(t[target].numpy())
+    engine.train()
+    if not outs:
+        return np.zeros((0, 1)), np.zeros((0,))
+    return np.concatenate(outs), np.concatenate(targets)
+
+
+def _maybe_inject_fault(cfg: TrainConfig, epoch: int, rank: int, marker: str | None) -> None:
+    """Kill this worker process once (tests use it to exercise recovery from a dead worker)."""
+    if cfg.fault.fail_at_epoch != epoch or cfg.fault.fail_rank != rank or not marker:
+        return
+    if Path(marker).exists():
+        return
+    Path(marker).write_text(f"worker {rank} killed at epoch {epoch}\n")
+    os._exit(1)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import deepspeed
+    import ray.train
+    from ray.train import Checkpoint
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    spec = NetworkSpec.from_dict(config["spec"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
+    dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model.name, spec, out_dim=config["out_dim"], **cfg.model.kwargs)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+    )
+    steps_per_epoch = max(1, math.ceil(config["train_rows_per_worker"] / cfg.batch_size))
+    total_steps = max(1, cfg.epochs * steps_per_epoch // cfg.deepspeed.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, world), dist_init_required=False,
+    )
+
+    start_epoch, global_step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            _, client_state = engine.load_checkpoint(d, tag="state")
+        start_epoch, global_step = client_state["epoch"] + 1, client_state["global_step"]
+
+    tracker = make_tracker(config.get("tracking_uri"), config.get("run_id"), cfg.mlflow.system_metrics) \
+        if rank == 0 else NoTracker()
+    train_shard = ray.train.get_dataset_shard("train")
+    primary = PRIMARY_METRIC[cfg.task.kind]
+    progress = None
+    if rank == 0 and cfg.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                        desc=f"train {cfg.model.name}", unit="batch")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        _maybe_inject_fault(cfg, epoch, rank, config.get("fault_marker"))
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
+        losses = []
+        for batch in _iter_batches(train_shard, cfg, epoch):
+            ws = augment(batch_to_weightspace(batch, spec), cfg.augment, gen).to(device=device, dtype=dtype)
+            y = batch_targets(batch, cfg.data.target, cfg.task.kind).to(device)
+            loss = compute_loss(cfg, engine(ws), y)
+            engine.backward(loss)
+            engine.step()
+            losses.append(float(loss))
+            global_step += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+        stats = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(stats)
+        metrics = {"epoch": epoch, "global_step": global_step, "train_loss": float(stats[0] / max(stats[1], 1))}
+        val_out = val_y = None
+        if rank == 0:
+            val_out, val_y = evaluate(engine, cfg, config, device, dtype)
+            val_metrics = task_metrics(cfg.task.kind, val_out, val_y, cfg.task.loss)
+            metrics.update({f"val_{k}": v for k, v in val_metrics.items()})
+            tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        last = epoch == cfg.epochs - 1
+        if (epoch + 1) % cfg.checkpoint.every_n_epochs == 0 or last:
+            with tempfile.TemporaryDirectory() as tmp:
+                engine.save_checkpoint(tmp, tag="state", client_state={"epoch": epoch, "global_step": global_step})
+                if rank == 0:
+                    save_metanet(Path(tmp) / "metanet", engine.module, config["card"] | {"epoch": epoch})
+                    np.savez(Path(tmp) / "val_predictions.npz", outputs=val_out, targets=val_y)
+                metrics[f"val_{primary}"] = metrics.get(f"val_{primary}", float("nan"))
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+    if progress is not None:
+        progress.close()
+    tracker.close()
