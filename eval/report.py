@@ -1,0 +1,73 @@
+"""Presenting evaluation results: a text table, a JSON file, and the MLflow run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def result_table(result: dict) -> str:
+    """A readable summary of one `evaluate` result."""
+    metric = result["metric"]
+    lines = [
+        f"model {result['model']} ({result['num_params']} parameters) on {result['n']} test networks; "
+        f"group {result['group']}, model invariant to {result['invariant_to']}"
+        f" ({'exact' if result['invariance_exact'] else 'approximate'})",
+        f"{'condition':<16}{metric:>14}" + ("" if metric != "kendall_tau" else f"{'r2':>10}"),
+    ]
+    rows = [("no action", result["clean"])] + list(result["robustness"].items())
+    for name, m in rows:
+        line = f"{name:<16}{_fmt(m.get(metric)):>14}"
+        if metric == "kendall_tau":
+            line += f"{_fmt(m.get('r2')):>10}"
+        lines.append(line)
+    a = result["audit"]
+    lines.append(
+        f"invariance audit ({a['samples']} elements x {a['networks']} networks, group {a['group']}"
+        + (f", scales U[{a['scale'][0]:g}, {a['scale'][1]:g}]" if a["scale"] else "")
+        + f"): max |f(g.x) - f(x)| = {a['max']:.3e}, mean = {a['mean']:.3e}"
+    )
+    return "\n".join(lines)
+
+
+def flat_metrics(result: dict, prefix: str = "test_") -> dict[str, float]:
+    """MLflow metric names: test_<metric>, test_<metric>_<condition>, audit_max, audit_mean."""
+    out = {}
+    for k, v in result["clean"].items():
+        out[f"{prefix}{k}"] = v
+    for cond, m in result["robustness"].items():
+        safe = cond.replace("[", "").replace("]", "").replace(",", "_").replace("^", "e")
+        for k, v in m.items():
+            out[f"{prefix}{k}_{safe}"] = v
+    out["audit_max"] = result["audit"]["max"]
+    out["audit_mean"] = result["audit"]["mean"]
+    return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
+
+
+def write_json(result: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def log_to_mlflow(result: dict, tracking_uri: str, run_id: str, json_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in flat_metrics(result).items()])
+    client.log_artifact(run_id, str(json_path), artifact_path="eval")
