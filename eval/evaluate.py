@@ -61,10 +61,11 @@ def evaluate(
     group = model.spec.group
     out, y = _outputs(model, batches())
     result = {
-        "model": card.get("model"), "metric": primary, "n": int(len(y)), "group": group,
+        "model": card.get("model"), "metric": primary, "task": kind, "loss": loss, "n": int(len(y)), "group": group,
         "invariant_to": getattr(model, "invariant_to", None),
         "invariance_exact": getattr(model, "invariance_exact", None),
         "clean": task_metrics(kind, out, y, loss), "robustness": {}, "num_params": model.num_params,
+        "predictions": {"outputs": out.reshape(len(y), -1).tolist(), "targets": y.tolist()},
     }
     for name, cond in orbit_conditions(group, exponents).items():
         gen = torch.Generator().manual_seed(seed)

@@ -51,12 +51,12 @@ def load_model(ref: str, tracking_uri: str | None = None):
         return model, card, None
     if not (ref.startswith(("models:/", "runs:/")) or _RUN_ID.match(ref)):
         raise ModelNotFound(f"{ref!r} is neither a local metanetwork folder nor an MLflow model URI or run id")
-    import mlflow
     from mlflow import MlflowClient
 
+    from training.config import resolve_tracking_uri
     from training.tracking import check_tracking_server
 
-    uri = tracking_uri or mlflow.get_tracking_uri()
+    uri = resolve_tracking_uri(tracking_uri)
     check_tracking_server(uri)
     client = MlflowClient(uri)
     if ref.startswith("models:/"):

@@ -121,7 +121,28 @@ class TrainConfig(Strict):
     progress: bool = True
 
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        return resolve_tracking_uri(self.mlflow.tracking_uri)
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """The MLflow tracking URI: `explicit`, else $MLFLOW_TRACKING_URI, else the embedded sqlite:///mlflow.db."""
+    return absolute_tracking_uri(explicit or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """`sqlite:///mlflow.db` names a file relative to the current directory; Ray workers run elsewhere,
+    so relative SQLite (and file) stores are made absolute. Server URLs pass through unchanged."""
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme):
+            path = uri[len(scheme):]
+            if scheme == "sqlite:///" and path.startswith("/"):
+                return uri
+            if scheme == "file://" and path.startswith("/"):
+                return uri
+            return scheme + str(Path(path).expanduser().resolve())
+    if "://" not in uri:
+        return Path(uri).expanduser().resolve().as_uri()
+    return uri
 
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:
@@ -145,10 +166,11 @@ def parse_overrides(overrides: list[str]) -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_dicts(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, recursively for nested sections."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -174,5 +196,5 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, cls
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = _merge(raw, parse_overrides(overrides or []))
+    raw = merge_dicts(raw, parse_overrides(overrides or []))
     return validate_config(raw, cls, str(path) if path else "config")

@@ -95,6 +95,9 @@ def main(cfg: TrainConfig) -> TrainResult:
     from training.tracking import check_tracking_server
     from zoo_ingest.ray_runtime import ensure_ray
 
+    cfg = cfg.model_copy(deep=True)
+    if "://" not in cfg.data.table:  # workers run in other directories: pass local paths absolute
+        cfg.data.table = str(Path(cfg.data.table).expanduser().resolve())
     table, arch_id, spec, rows, out_dim = prepare(cfg)
     zoo = table.zoo
     tracking_uri = cfg.tracking_uri() if cfg.mlflow.enabled else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,22 +152,31 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         _maybe_inject_fault(cfg, epoch, rank, config.get("fault_marker"))
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
-        losses = []
+        losses, rows, waited = [], 0, 0.0
+        epoch_start = tick = time.perf_counter()
         for batch in _iter_batches(train_shard, cfg, epoch):
             ws = augment(batch_to_weightspace(batch, spec), cfg.augment, gen).to(device=device, dtype=dtype)
             y = batch_targets(batch, cfg.data.target, cfg.task.kind).to(device)
+            waited += time.perf_counter() - tick  # time the step spent waiting for its input
             loss = compute_loss(cfg, engine(ws), y)
             engine.backward(loss)
             engine.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
+            rows += ws.batch_size
             global_step += 1
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-        stats = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
+            tick = time.perf_counter()
+        seconds = time.perf_counter() - epoch_start
+        stats = torch.tensor([sum(losses), len(losses), rows, waited, seconds], dtype=torch.float64)
         if world > 1:
             torch.distributed.all_reduce(stats)
-        metrics = {"epoch": epoch, "global_step": global_step, "train_loss": float(stats[0] / max(stats[1], 1))}
+        metrics = {
+            "epoch": epoch, "global_step": global_step, "train_loss": float(stats[0] / max(stats[1], 1)),
+            "train_networks_per_s": float(stats[2] / max(stats[4] / world, 1e-9)),
+            "data_wait_fraction": float(stats[3] / max(stats[4], 1e-9)),
+        }
         val_out = val_y = None
         if rank == 0:
             val_out, val_y = evaluate(engine, cfg, config, device, dtype)

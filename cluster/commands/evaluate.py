@@ -23,11 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from eval.api import evaluate_model
+    from training.config import resolve_tracking_uri
 
-    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
     result, json_path, text = evaluate_model(
         args.model, args.table, split=args.split, steps=args.steps, exponents=tuple(args.scales),
         audit_samples=args.audit_samples, audit_networks=args.audit_networks, batch_size=args.batch_size,

@@ -4,20 +4,27 @@ import pytest
 
 from training.config import ConfigError, TrainConfig, load_config, parse_overrides
 
-CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*/*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted(ROOT.joinpath("configs").rglob("*.yaml"))
 
 
 def test_there_are_shipped_configs_for_each_builtin_zoo():
     families = {p.parent.name for p in CONFIGS}
+    assert ROOT / "configs" / "quickstart.yaml" in CONFIGS
     assert {"digits-cnn", "digits-siren"} <= families
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_loads_and_names_its_launch_command(path):
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# metazoo ") and str(path.relative_to(path.parents[1].parent)) in first
-    if "pipeline" in first:
-        return  # pipeline configs are validated by the pipeline tests
+    assert first.startswith("# metazoo ") and str(path.relative_to(ROOT)) in first
+    if first.startswith("# metazoo pipeline"):
+        from cluster.pipeline_config import PipelineConfig
+
+        pipeline = load_config(path, cls=PipelineConfig)
+        for family in pipeline.families:  # each family's training config validates too
+            assert pipeline.train_config(family).model.name == family.model
+        return
     cfg = load_config(path)
     assert isinstance(cfg, TrainConfig)
     # the model and its kwargs build for the zoo's architecture

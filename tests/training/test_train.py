@@ -103,3 +103,17 @@ def test_bad_input_fails_before_any_worker_starts(digits_cnn_table, tmp_path):
         main(_cfg(digits_cnn_table, tmp_path, "mlflow.tracking_uri=http://127.0.0.1:9"))
     assert time.monotonic() - started < 60
     assert not (tmp_path / "runs").exists(), "no run may have started"
+
+
+def test_training_against_a_real_mlflow_server(digits_cnn_table, mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+
+    cfg = _cfg(digits_cnn_table, tmp_path, "epochs=1", f"mlflow.tracking_uri={mlflow_server}",
+               "mlflow.experiment=server-test")
+    result = main(cfg)
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and "val_kendall_tau" in run.data.metrics
+    assert "train_networks_per_s" in run.data.metrics and 0 <= run.data.metrics["data_wait_fraction"] <= 1
+    assert {a.path for a in client.list_artifacts(result.run_id)} >= {"metanet", "plots"}
+    assert str(client.get_model_version_by_alias("server-test", "champion").version) == result.version
