@@ -1,0 +1,54 @@
+"""The built-in zoos: what each trains, the options it takes, and how its spread is summarised.
+
+Each zoo module exposes `train_network(k, seed, options) -> NetworkRun`, a pure function of its arguments:
+network k's weights depend on (zoo, seed, k, options) only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from zoo_ingest.generators import cnn, siren, transformer
+from zoo_ingest.generators.classifier import NetworkRun
+from zoo_ingest.generators.cnn import build_digits_cnn
+from zoo_ingest.generators.digits import NUM_IMAGES
+from zoo_ingest.generators.siren import build_siren
+from zoo_ingest.generators.transformer import build_digits_transformer
+
+
+@dataclass(frozen=True)
+class ZooDefinition:
+    name: str
+    description: str
+    train_network: Callable[[int, int, dict], NetworkRun]
+    metric: str  # the final-checkpoint metric whose spread the generator prints
+    options: dict = field(default_factory=dict)  # accepted options and their defaults
+    version: int = 1  # bump whenever the same (seed, k) would give different weights
+    max_networks: Callable[[dict], int] | None = None
+
+
+ZOOS: dict[str, ZooDefinition] = {
+    "digits-cnn": ZooDefinition(
+        "digits-cnn",
+        "Small-CNN-Zoo CNNs (4,970 parameters) classifying digits",
+        cnn.train_network,
+        "test_accuracy",
+    ),
+    "digits-siren": ZooDefinition(
+        "digits-siren",
+        "SIRENs 2-32-32-1 each fitted to one digits image",
+        siren.train_network,
+        "psnr",
+        options={"copies": 1},
+        max_networks=lambda options: NUM_IMAGES * int(options["copies"]),
+    ),
+    "digits-transformer": ZooDefinition(
+        "digits-transformer",
+        "1-2 layer transformers classifying digits rows as tokens",
+        transformer.train_network,
+        "test_accuracy",
+    ),
+}
+
+__all__ = ["ZOOS", "ZooDefinition", "build_digits_cnn", "build_digits_transformer", "build_siren"]
