@@ -51,7 +51,7 @@ def _stage(title: str, i: int, total: int) -> None:
 
 def _local_state_path(cfg: PipelineConfig) -> Path:
     base = cfg.store if "://" not in cfg.store else os.path.join(".metazoo", "pipeline")
-    return Path(base) / "pipeline" / f"{cfg.zoo.name}.json"
+    return Path(base) / "pipeline" / f"{cfg.folder}.json"
 
 
 def check_services(cfg: PipelineConfig) -> None:
@@ -152,7 +152,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict:
 
 def _report_dir(cfg: PipelineConfig) -> str:
     base = cfg.store if "://" not in cfg.store else ".metazoo"
-    return str(Path(base) / "reports" / cfg.zoo.name)
+    return str(Path(base) / "reports" / cfg.folder)
 
 
 def write_comparison(cfg: PipelineConfig, results: dict, runs: dict, tracking_uri: str) -> dict:

@@ -19,6 +19,8 @@ ZOO_DEFAULTS = {
 
 class ZooStage(Strict):
     name: str = Field("digits-cnn", description="built-in zoo to generate, or the zoo name of `uri`")
+    folder: str | None = Field(None, description="folder name under the store's zoos/, tables/, reports/ "
+                                                 "(default: the zoo name); tells zoos of one kind apart")
     uri: str | None = Field(None, description="an existing zoo to ingest instead of generating one")
     format: str = Field("checkpoints", description="ingest format of the zoo")
     n: int = Field(300, ge=1, description="networks to generate")
@@ -60,11 +62,15 @@ class PipelineConfig(Strict):
             raise ValueError("name at least one family to train")
         return v
 
+    @property
+    def folder(self) -> str:
+        return self.zoo.folder or self.zoo.name
+
     def table_uri(self) -> str:
-        return self.table or f"{self.store.rstrip('/')}/tables/{self.zoo.name}"
+        return self.table or f"{self.store.rstrip('/')}/tables/{self.folder}"
 
     def zoo_uri(self) -> str:
-        return self.zoo.uri or f"{self.store.rstrip('/')}/zoos/{self.zoo.name}"
+        return self.zoo.uri or f"{self.store.rstrip('/')}/zoos/{self.folder}"
 
     def train_config(self, family: Family) -> TrainConfig:
         """The full training config of one family, validated (errors name the `train.` key)."""

@@ -41,7 +41,9 @@ def prediction(kind: str, outputs, loss: str = "bce"):
     outputs = np.asarray(outputs)
     if kind == "generalization":
         raw = outputs.reshape(-1)
-        return 1.0 / (1.0 + np.exp(-raw)) if loss == "bce" else raw
+        from scipy.special import expit  # the logistic function without overflow
+
+        return expit(raw) if loss == "bce" else raw
     return outputs.argmax(axis=1)
 
 
