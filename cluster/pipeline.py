@@ -95,14 +95,14 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict:
         step += 1
         _stage(f"generate {cfg.zoo.name}: {cfg.zoo.n} networks -> {zoo_uri}", step, total)
         result = generate(cfg.zoo.name, zoo_uri, n=cfg.zoo.n, seed=cfg.zoo.seed, copies=cfg.zoo.copies,
-                          progress=progress)
+                          progress=progress, summary=False)
         print(result.summary())
 
     step += 1
     split_by = cfg.zoo.split_by or ZOO_DEFAULTS.get(cfg.zoo.name, {}).get("split_by")
     _stage(f"ingest {zoo_uri} -> {table_uri} (split by {split_by or 'model_id'})", step, total)
     summary = ingest(zoo_uri, table_uri, format=cfg.zoo.format, zoo=cfg.zoo.name, split_by=split_by,
-                     progress=progress)
+                     split=cfg.zoo.split, progress=progress)
     print(summary.format())
     table_fp = _hash({"table": table_uri, "rows": summary.rows, "archs": summary.rows_by_arch})
 

@@ -27,6 +27,7 @@ class ZooStage(Strict):
     seed: int = 0
     copies: int | None = Field(None, description="digits-siren: fits per image")
     split_by: str | None = Field(None, description="hparams key to split by (default: per zoo)")
+    split: str = Field("80/10/10", description="train/val/test fractions")
     activation: str | None = Field(None, description="train on the architecture with this activation")
 
 

@@ -108,10 +108,11 @@ def main(cfg: TrainConfig) -> TrainResult:
     run_name = cfg.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     experiment = experiment_name(cfg, zoo)
     run_id = registry.start_run(cfg, tracking_uri, experiment, run_name, spec, arch_id) if tracking_uri else None
-    storage = Path(cfg.checkpoint.storage_path).expanduser().resolve() \
-        if "://" not in cfg.checkpoint.storage_path else cfg.checkpoint.storage_path
-    marker = str(Path(storage) / run_name / "fault_injected") if cfg.fault.fail_at_epoch is not None else None
-    if marker:
+    storage, storage_fs = _run_storage(cfg.checkpoint.storage_path)
+    marker = None
+    if cfg.fault.fail_at_epoch is not None:  # the marker must outlive the worker it kills: a local file
+        marker_dir = Path(storage) if storage_fs is None else Path(".metazoo") / "faults"
+        marker = str((marker_dir / run_name / "fault_injected").resolve())
         Path(marker).parent.mkdir(parents=True, exist_ok=True)
 
     filters = dict(arch=arch_id, steps=cfg.data.steps, where=target_filter(cfg.data.target))
@@ -139,7 +140,7 @@ def main(cfg: TrainConfig) -> TrainResult:
             resources_per_worker=_resources(cfg),
         ),
         run_config=RunConfig(
-            name=run_name, storage_path=str(storage),
+            name=run_name, storage_path=str(storage), storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.checkpoint.num_to_keep, checkpoint_score_attribute=primary,
@@ -173,6 +174,17 @@ def main(cfg: TrainConfig) -> TrainResult:
             registry.end_run(tracking_uri, run_id, "FAILED")
         raise
     return out
+
+
+def _run_storage(path: str):
+    """(storage path, pyarrow filesystem or None) for Ray Train: local folders are made absolute; object
+    stores get a filesystem configured like the rest of the project (AWS_* variables, endpoint)."""
+    if "://" not in path or path.startswith("file://"):
+        return str(Path(path.removeprefix("file://")).expanduser().resolve()), None
+    from zoo_ingest.storage import Location
+
+    fs, root = Location(path.rstrip("/")).arrow()
+    return root, fs
 
 
 def _worker_entry(config: dict) -> None:
