@@ -34,6 +34,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         except (ConnectionError, RuntimeError) as exc:
             raise ConnectionError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from exc
     else:
+        # Ray swaps a loopback --node-ip-address for the machine's interface address unless told it is a
+        # single-machine cluster; Ray reads that setting at import, so set both the variable and the
+        # constant. Only here: a process joining a multi-node cluster must register its real address.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
         if num_cpus is None:
             # Logical CPUs: training workers reserve theirs, and Ray Data's read tasks need some left over,
             # so a small machine advertises a little more than its cores.
