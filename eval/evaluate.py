@@ -26,6 +26,8 @@ def orbit_conditions(group: str, exponents=SCALE_EXPONENTS) -> dict[str, dict]:
             conds[f"U[1,10^{k}]"] = {"group": PERM_SCALE, "scale": (1.0, 10.0**k)}
     elif group == PERM_SIGN:
         conds["signs"] = {"group": PERM_SIGN, "scale": None}
+    elif group != PERM:  # transformers: GL(d_h) elements per head (condition number <= 10) and the rest
+        conds["GL cond<=10"] = {"group": None, "scale": (1.0, 10.0)}
     return conds
 
 

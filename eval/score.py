@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from metanets import SpecError, WeightSpace
+from metanets.specs import weight_space_class
 from training.metrics import prediction
 
 
@@ -56,7 +57,7 @@ def _folder_batches(path: str, format: str, spec, options: dict):
                                f"{spec.arch_id} ({spec.activation})")
             continue
         flat = np.concatenate([item.tensors[k] for k in spec.keys], axis=1)
-        yield rows, WeightSpace.from_flat(torch.from_numpy(flat), spec), None
+        yield rows, weight_space_class(spec).from_flat(torch.from_numpy(flat), spec), None
 
 
 def score(paths: list[str], model, card: dict, format: str = "checkpoints", allow_pickle: bool = False,
@@ -88,7 +89,8 @@ def score(paths: list[str], model, card: dict, format: str = "checkpoints", allo
             continue
         sd = _file_state_dict(path, allow_pickle)
         try:
-            ws = WeightSpace.from_state_dicts([{k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}], spec)
+            tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}
+            ws = weight_space_class(spec).from_state_dicts([tensors], spec)
         except SpecError as exc:
             out.append(Score(path, None, f"does not fit the model's architecture: {exc}"))
             continue
@@ -104,6 +106,6 @@ def score(paths: list[str], model, card: dict, format: str = "checkpoints", allo
         files.append((path, ws))
     for i in range(0, len(files), batch_size):
         chunk = files[i : i + batch_size]
-        values = predict(WeightSpace.cat([ws for _, ws in chunk]))
+        values = predict(type(chunk[0][1]).cat([ws for _, ws in chunk]))
         out += [Score(p, v) for (p, _), v in zip(chunk, values)]
     return out

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from metanets import NetworkSpec, WeightSpace, build_model
+from metanets import NetworkSpec, build_model
+from metanets.specs import spec_from_dict, weight_space_class
 
 CARD = "metanet.json"
 WEIGHTS = "model.safetensors"
@@ -46,7 +47,7 @@ def load_metanet(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         if not p.exists():
             raise FileNotFoundError(f"{p}: missing; not a saved metanetwork folder")
     card = json.loads(card_path.read_text())
-    spec = NetworkSpec.from_dict(card["spec"])
+    spec = spec_from_dict(card["spec"])
     model = build_model(card["model"], spec, **card["kwargs"])
     model.load_state_dict(load_file(str(weights_path)))
     return model.eval(), card
@@ -61,7 +62,7 @@ class FlatInputModel(nn.Module):
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
         # no data-dependent input checks here, so the wrapper exports to MLflow's pickle-free pt2 format
-        ws = WeightSpace.from_flat(flat.to(torch.float32), self.model.spec)
+        ws = weight_space_class(self.model.spec).from_flat(flat.to(torch.float32), self.model.spec)
         return self.model.head(self.model.pool(self.model.features(ws)))
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from metanets import NetworkSpec, build_model
+from metanets import build_model
+from metanets.specs import spec_from_dict
 from training.augment import augment
 from training.batches import batch_targets, batch_to_weightspace, target_filter
 from training.config import TrainConfig
@@ -111,7 +112,7 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train import Checkpoint
 
     cfg = TrainConfig.model_validate(config["cfg"])
-    spec = NetworkSpec.from_dict(config["spec"])
+    spec = spec_from_dict(config["spec"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
