@@ -1,9 +1,10 @@
-"""Forward+backward throughput of every metanetwork on a batch of Small-CNN-Zoo weight spaces.
+"""Forward+backward throughput of every metanetwork on a batch of Small-CNN-Zoo weight spaces, and of the
+transformer models on a batch of digits-transformer (2 encoder layers) weight spaces.
 
-Prints networks/s per model and the time ratio quasi / backbone measured in the same run
-(goal: monomial_nfn_quasi / monomial_nfn <= 1.15).
+Prints networks/s per model and the time ratios quasi / backbone measured in the same run
+(goal: monomial_nfn_quasi / monomial_nfn <= 1.15; transformer_nfn_quasi / transformer_nfn is reported).
 
-    python bench/layers.py [--batch 64] [--repeats 20] [--threads N]
+    python bench/layers.py [--batch 64] [--repeats 20] [--threads N] [--only cnn|transformer]
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import time
 import torch
 from torch import nn
 
-from metanets import NetworkSpec, WeightSpace, build_model
+from metanets import NetworkSpec, TransformerSpec, TransformerWeightSpace, WeightSpace, build_model
 
 FAMILIES = ["statnet", "np", "hnp", "monomial_nfn", "monomial_nfn_large", "monomial_nfn_quasi"]
+TRANSFORMER_FAMILIES = ["transformer_nfn", "transformer_nfn_quasi"]
 
 
 def small_cnn_state_dict(gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -29,18 +31,32 @@ def small_cnn_state_dict(gen: torch.Generator) -> dict[str, torch.Tensor]:
     return {k: 0.3 * torch.randn(*s, generator=gen) for k, s in shapes.items()}
 
 
-def time_model(model: nn.Module, ws: WeightSpace, repeats: int) -> float:
-    """Median seconds of one forward+backward pass."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    times = []
+def digits_transformer_state_dict(gen: torch.Generator, num_layers: int = 2) -> dict[str, torch.Tensor]:
+    """Random weights with the digits-transformer zoo's keys and shapes (docs/zoos.md)."""
+    shapes = {"position_embedding": (8, 16), "embedding.weight": (16, 8), "embedding.bias": (16,)}
+    for l in range(num_layers):
+        p = f"layers.{l}"
+        shapes.update({f"{p}.norm1.weight": (16,), f"{p}.norm1.bias": (16,)})
+        shapes.update({f"{p}.attn.{m}.weight": (16, 16) for m in ("queries", "keys", "values", "out_projection")})
+        shapes.update({f"{p}.norm2.weight": (16,), f"{p}.norm2.bias": (16,), f"{p}.fc1.weight": (32, 16),
+                       f"{p}.fc1.bias": (32,), f"{p}.fc2.weight": (16, 32), f"{p}.fc2.bias": (16,)})
+    shapes.update({"norm.weight": (16,), "norm.bias": (16,), "classifier.weight": (10, 16), "classifier.bias": (10,)})
+    return {k: 0.3 * torch.randn(*s, generator=gen) for k, s in shapes.items()}
+
+
+def time_models(models: dict[str, nn.Module], ws, repeats: int) -> dict[str, float]:
+    """Median seconds of one forward+backward pass per model. The models take turns step by step, so a
+    change in the machine's load (other jobs) hits every model alike and the ratios stay meaningful."""
+    opts = {name: torch.optim.SGD(model.parameters(), lr=0.0) for name, model in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
     for k in range(repeats + 3):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        model(ws).square().mean().backward()
-        if k >= 3:  # warm-up
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            opts[name].zero_grad(set_to_none=True)
+            model(ws).square().mean().backward()
+            if k >= 3:  # warm-up
+                times[name].append(time.perf_counter() - t0)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def main() -> None:
@@ -48,26 +64,37 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", choices=["cnn", "transformer"], default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(0)
-    sds = [small_cnn_state_dict(gen) for _ in range(args.batch)]
-    spec = NetworkSpec.from_state_dict(sds[0], activation="relu")
-    ws = WeightSpace.from_state_dicts(sds, spec)
-    rows = []
-    for name in FAMILIES:
+    if args.only in (None, "cnn"):
+        gen = torch.Generator().manual_seed(0)
+        sds = [small_cnn_state_dict(gen) for _ in range(args.batch)]
+        spec = NetworkSpec.from_state_dict(sds[0], activation="relu")
+        report("Small-CNN-Zoo", WeightSpace.from_state_dicts(sds, spec), FAMILIES, "monomial_nfn", args)
+    if args.only in (None, "transformer"):
+        gen = torch.Generator().manual_seed(0)
+        sds = [digits_transformer_state_dict(gen) for _ in range(args.batch)]
+        spec = TransformerSpec.from_state_dict(sds[0], activation="relu", num_heads=2)
+        ws = TransformerWeightSpace.from_state_dicts(sds, spec)
+        report("digits-transformer (2 layers)", ws, TRANSFORMER_FAMILIES, "transformer_nfn", args)
+
+
+def report(what: str, ws, families: list[str], baseline: str, args) -> None:
+    models = {}
+    for name in families:
         torch.manual_seed(0)
-        model = build_model(name, spec)
-        sec = time_model(model, ws, args.repeats)
-        rows.append((name, model.num_params, sec, args.batch / sec))
-    base = {name: sec for name, _, sec, _ in rows}
-    print(f"batch {args.batch} Small-CNN-Zoo weight spaces, {torch.get_num_threads()} threads, forward+backward")
-    print(f"{'model':<22}{'params':>10}{'ms/step':>10}{'nets/s':>10}{'time / monomial_nfn':>22}")
+        models[name] = build_model(name, ws.spec)
+    base = time_models(models, ws, args.repeats)
+    rows = [(name, models[name].num_params, base[name], args.batch / base[name]) for name in families]
+    print(f"batch {args.batch} {what} weight spaces, {torch.get_num_threads()} threads, forward+backward")
+    print(f"{'model':<22}{'params':>10}{'ms/step':>10}{'nets/s':>10}{'time / ' + baseline:>26}")
     for name, params, sec, rate in rows:
-        print(f"{name:<22}{params:>10}{sec * 1e3:>10.2f}{rate:>10.0f}{sec / base['monomial_nfn']:>22.3f}")
-    ratio = base["monomial_nfn_quasi"] / base["monomial_nfn"]
-    print(f"quasi / backbone time ratio: {ratio:.3f} (goal <= 1.15)")
+        print(f"{name:<22}{params:>10}{sec * 1e3:>10.2f}{rate:>10.0f}{sec / base[baseline]:>26.3f}")
+    quasi = baseline + "_quasi"
+    goal = " (goal <= 1.15)" if baseline == "monomial_nfn" else ""
+    print(f"quasi / backbone time ratio ({quasi} / {baseline}): {base[quasi] / base[baseline]:.3f}{goal}\n")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,14 @@ torch + numpy only: this package must import without ray, deepspeed, pyarrow or 
 """
 
 from metanets.spec import LayerSpec, NetworkSpec, SpecError, group_of_activation
+from metanets.specs import infer_spec, spec_from_dict, weight_space_class
+from metanets.transformer import TransformerSpec, TransformerWeightSpace
 from metanets.weight_space import WeightSpace
 
-__all__ = ["LayerSpec", "NetworkSpec", "SpecError", "WeightSpace", "group_of_activation"]
+__all__ = [
+    "LayerSpec", "NetworkSpec", "SpecError", "TransformerSpec", "TransformerWeightSpace", "WeightSpace",
+    "group_of_activation", "infer_spec", "spec_from_dict", "weight_space_class",
+]
 
 from metanets import symmetry  # noqa: E402
 from metanets.models import build_model, model_names  # noqa: E402

@@ -124,6 +124,12 @@ BUILDERS = {
 }
 
 
+from metanets.transformer.models import MODELS as TRANSFORMER_MODELS  # noqa: E402  (it imports Metanetwork)
+from metanets.transformer.models import transformer_nfn, transformer_nfn_quasi  # noqa: E402
+
+BUILDERS.update({"transformer_nfn": transformer_nfn, "transformer_nfn_quasi": transformer_nfn_quasi})
+
+
 def model_names() -> list[str]:
     return sorted(BUILDERS)
 
@@ -132,6 +138,9 @@ def build_model(name: str, spec: NetworkSpec, **kwargs) -> Metanetwork:
     """Build metanetwork `name` for networks of `spec`; kwargs are the builder's hyper-parameters."""
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    if getattr(spec, "type", None) == "transformer" and name not in TRANSFORMER_MODELS:
+        raise SpecError(f"model {name!r} reads Linear/Conv2d chains; for transformer encoders use "
+                        f"{', '.join(TRANSFORMER_MODELS)}")
     try:
         return BUILDERS[name](spec, **kwargs)
     except TypeError as exc:

@@ -8,6 +8,10 @@ unit j of the transformed network is unit perm[j] of the original, multiplied by
 Scales are positive for positively homogeneous activations (ReLU), +-1 for odd ones (tanh, sine) and
 1 for the permutation-only group. The same functions serve the tests, data augmentation and the
 invariance audit. A weight space with C channels is acted on with the same g in every channel.
+
+`sample`, `act`, `compose`, `inverse` and `identity` also take a `TransformerSpec` / `TransformerElement`
+and then use the transformer encoder's group (`metanets.transformer.symmetry`: GL(d_h) per head, head
+permutations, the feed-forward units' monomial group), with the same signatures.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from metanets.spec import PERM, PERM_SCALE, PERM_SIGN, NetworkSpec
+from metanets.transformer import symmetry as transformer_group
+from metanets.transformer.spec import TransformerSpec
+from metanets.transformer.symmetry import TransformerElement
 from metanets.weight_space import WeightSpace
 
 
@@ -39,6 +46,8 @@ class MonomialElement:
 
 
 def identity(spec: NetworkSpec, batch: int, dtype=torch.float64, device=None) -> MonomialElement:
+    if isinstance(spec, TransformerSpec):
+        return transformer_group.identity(spec, batch, dtype=dtype, device=device)
     return MonomialElement(
         tuple(torch.arange(n, device=device).expand(batch, n).clone() for n in spec.hidden_sizes),
         tuple(torch.ones(batch, n, dtype=dtype, device=device) for n in spec.hidden_sizes),
@@ -58,8 +67,12 @@ def sample(
     """Draw `batch` random elements of the spec's group (or of `group`, a subgroup name).
 
     Permutations are uniform (when `permute`); perm_scale draws each scale from U[lo, hi]
-    (`scale=(lo, hi)`, lo > 0); perm_sign draws uniform signs; perm draws no scaling.
+    (`scale=(lo, hi)`, lo > 0); perm_sign draws uniform signs; perm draws no scaling. For a
+    TransformerSpec see `metanets.transformer.symmetry.sample` (same arguments).
     """
+    if isinstance(spec, TransformerSpec):
+        return transformer_group.sample(spec, batch, scale=scale, generator=generator, permute=permute, group=group,
+                                        dtype=dtype, device=device)
     group = group or spec.group
     perms, scales = [], []
     for n in spec.hidden_sizes:
@@ -84,12 +97,16 @@ def sample(
 
 def compose(g: MonomialElement, h: MonomialElement) -> MonomialElement:
     """The element `g h`: act(compose(g, h), ws) == act(g, act(h, ws))."""
+    if isinstance(g, TransformerElement):
+        return transformer_group.compose(g, h)
     perms = tuple(torch.gather(ph, 1, pg) for pg, ph in zip(g.perms, h.perms))
     scales = tuple(sg * torch.gather(sh, 1, pg) for pg, sg, sh in zip(g.perms, g.scales, h.scales))
     return MonomialElement(perms, scales)
 
 
 def inverse(g: MonomialElement) -> MonomialElement:
+    if isinstance(g, TransformerElement):
+        return transformer_group.inverse(g)
     inv_perms = tuple(torch.argsort(p, dim=1) for p in g.perms)
     scales = tuple(1.0 / torch.gather(s, 1, ip) for s, ip in zip(g.scales, inv_perms))
     return MonomialElement(inv_perms, scales)
@@ -126,6 +143,8 @@ def act_rows_cols(
 
 def act(g: MonomialElement, ws: WeightSpace) -> WeightSpace:
     """Apply g to every network (and every channel) of the batch: W_i -> g_i W_i g_{i-1}^{-1}."""
+    if isinstance(g, TransformerElement):
+        return transformer_group.act(g, ws)
     if len(g.perms) != len(ws.spec.hidden_sizes):
         raise ValueError(
             f"group element has {len(g.perms)} hidden layers, the weight space {len(ws.spec.hidden_sizes)}"

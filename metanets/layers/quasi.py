@@ -47,7 +47,8 @@ class AlphaNetwork(nn.Module):
     def forward(self, ws: WeightSpace) -> tuple[torch.Tensor, ...]:
         stats = weight_stats(ws)
         # signed log keeps the MLP's input bounded whatever the weights' scale
-        gamma = self.net(torch.sign(stats) * torch.log1p(stats.abs()))
+        features = torch.sign(stats) * torch.log1p(stats.abs())
+        gamma = self.net(features.to(self.net[0].weight.dtype))
         scales = 1.0 + self.eps * torch.sin(gamma)
         B, C = ws.batch_size, self.out_channels
         return tuple(s.reshape(B, C, n) for s, n in zip(scales.split([C * n for n in self.sizes], 1), self.sizes))

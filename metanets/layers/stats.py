@@ -17,12 +17,15 @@ def tensor_stats(t: torch.Tensor) -> torch.Tensor:
     Quantiles interpolate linearly between order statistics (as `torch.quantile` does), from one sort.
     """
     flat = t.reshape(t.shape[0], -1)
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()  # statistics of low-precision weights are computed in float32
     n = flat.shape[1]
     ordered = flat.sort(dim=1).values
-    pos = torch.tensor(_QUANTILES, dtype=flat.dtype, device=flat.device) * (n - 1)
-    lo = pos.floor().long()
-    hi = pos.ceil().long()
-    frac = pos - lo.to(flat.dtype)
+    # positions in float64: in a low-precision dtype n - 1 may round past the last index
+    pos = torch.tensor(_QUANTILES, dtype=torch.float64) * (n - 1)
+    lo = pos.floor().long().to(flat.device)
+    hi = pos.ceil().long().to(flat.device)
+    frac = (pos - pos.floor()).to(dtype=flat.dtype, device=flat.device)
     q = ordered[:, lo] + (ordered[:, hi] - ordered[:, lo]) * frac
     var = flat.var(dim=1, unbiased=False)
     return torch.cat([flat.mean(dim=1, keepdim=True), var[:, None], q], dim=1)

@@ -24,3 +24,11 @@ def test_weight_stats_are_permutation_invariant_but_not_scale_invariant():
     assert base.shape == (3, 8 * 7)
     torch.testing.assert_close(weight_stats(symmetry.act(perm, ws)), base, rtol=1e-12, atol=1e-12)
     assert float((weight_stats(symmetry.act(scaled, ws)) - base).abs().max()) > 1e-3
+
+
+def test_tensor_stats_of_bfloat16_weights_are_computed_in_float32():
+    x = torch.randn(3, 2304)
+    ref = tensor_stats(x.to(torch.bfloat16).float())
+    out = tensor_stats(x.to(torch.bfloat16))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
