@@ -4,8 +4,8 @@ from training.config import ConfigError, TrainConfig, load_config
 
 
 def main(cfg: TrainConfig):
-    """Train `cfg.model` on `cfg.data.table` with DeepSpeed on Ray Train workers (see training.main)."""
-    from training.main import main as _main
+    """Train `cfg.model` on `cfg.data.table` with DeepSpeed on Ray Train workers (see training.driver)."""
+    from training.driver import main as _main
 
     return _main(cfg)
 

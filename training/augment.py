@@ -18,15 +18,15 @@ def augment(ws: WeightSpace, cfg: AugmentConfig, generator: torch.Generator) -> 
     """
     if not cfg.enabled:
         return ws
-    group, scale = ws.spec.group, None
-    if group == PERM_SCALE and cfg.scale_log10_max > 0:
-        scale = (1.0, 10.0 ** cfg.scale_log10_max)
-    elif group == PERM_SIGN and not cfg.signs:
+    # transformer groups are "transformer_<FFN group>": GL(d_h) per head always, the FFN part as for MLPs
+    prefix = "transformer_" if ws.spec.group.startswith("transformer_") else ""
+    group = ws.spec.group.removeprefix(prefix)
+    scale = (1.0, 10.0 ** cfg.scale_log10_max) if group == PERM_SCALE and cfg.scale_log10_max > 0 else None
+    if (group == PERM_SIGN and not cfg.signs) or (group == PERM_SCALE and scale is None):
         group = PERM
-    elif group == PERM_SCALE:
-        group = PERM
-    if not cfg.permute and group == PERM:
+    if not cfg.permute and group == PERM and not prefix:
         return ws
+    group = prefix + group
     g = symmetry.sample(
         ws.spec, ws.batch_size, scale=scale, group=group, permute=cfg.permute, generator=generator,
         dtype=ws.dtype,

@@ -20,7 +20,8 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     table: str = Field(description="weight-table URI (local path, s3://..., any fsspec URL)")
-    arch: str | None = Field(None, description="arch_id to train on; None: the table's only architecture")
+    arch: str | None = Field(None, description="arch_id to train on, or 'largest' (the one with most rows); "
+                                               "None: the table's only architecture")
     activation: str | None = Field(None, description="pick the table's architecture with this activation")
     train_split: str = "train"
     val_split: str = "val"

@@ -45,6 +45,9 @@ def _select_arch(table, cfg: TrainConfig) -> tuple[str, NetworkSpec]:
         if not archs:
             raise ConfigError(f"'data.activation': no architecture of table {cfg.data.table!r} uses "
                               f"{cfg.data.activation!r}")
+    if cfg.data.arch == "largest":  # the architecture with the most rows (after the activation filter)
+        arch = max(archs, key=lambda a: (table.num_rows(arch=a), a))
+        return arch, archs[arch]
     if cfg.data.arch is None:
         if len(archs) > 1:
             listing = ", ".join(f"{a} ({s.activation}, {s.num_params} params)" for a, s in archs.items())

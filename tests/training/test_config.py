@@ -31,8 +31,14 @@ def test_every_shipped_config_loads_and_names_its_launch_command(path):
     from metanets import NetworkSpec, build_model
     from tests.metanets.reference_nets import Siren, SmallCNN
 
-    net, activation = (SmallCNN(), "relu") if path.parent.name == "digits-cnn" else (Siren(), "sine")
-    spec = NetworkSpec.from_state_dict(net.state_dict(), activation=activation)
+    if path.parent.name == "digits-transformer":
+        from metanets import infer_spec
+        from zoo_ingest.generate import build_digits_transformer
+
+        spec = infer_spec(build_digits_transformer(num_layers=2).state_dict(), "relu")
+    else:
+        net, activation = (SmallCNN(), "relu") if path.parent.name == "digits-cnn" else (Siren(), "sine")
+        spec = NetworkSpec.from_state_dict(net.state_dict(), activation=activation)
     assert build_model(cfg.model.name, spec, **cfg.model.kwargs).num_params > 0
 
 

@@ -1,0 +1,120 @@
+"""One ingest task: read a chunk of the inputs, validate, hash, split and write its shards.
+
+A chunk is a fixed run of input rows. Its task writes its shards and its rejects, and only then its
+marker `_manifest/chunk-<k>.json` (the files, row counts and rejects). A chunk with a marker is done; a
+rerun skips it. A chunk without one is redone from scratch under the same file names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zoo_ingest.schema import finite_rows, model_ids
+from zoo_ingest.sources.base import NON_FINITE, NOT_IN_SPLIT_FILE, Reject, Source, WeightBatch
+from zoo_ingest.splits import SplitPolicy
+from zoo_ingest.storage import Location
+from zoo_ingest.writer import ShardWriter, WriteSettings
+
+REJECT_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+
+
+def marker_name(chunk: int) -> str:
+    return f"_manifest/chunk-{chunk:05d}.json"
+
+
+def rejects_name(chunk: int) -> str:
+    return f"_rejects/part-{chunk:05d}.parquet"
+
+
+@dataclass
+class ChunkJob:
+    chunk: int
+    inputs: pa.Table  # the chunk's rows of the plan's inputs, plus column `split` (see splits.assign)
+    source: Source
+    dest: Location
+    metrics: list[str]
+    write: WriteSettings
+    split: SplitPolicy
+    fingerprint: str
+
+
+def run_chunk(job: ChunkJob, split_by_model_id: dict | None = None, hook: Callable | None = None) -> dict:
+    """Process one chunk and return its marker (also written to `_manifest/`)."""
+    inputs = job.inputs
+    names = inputs["source"].to_pylist()
+    presplit = inputs["split"].to_pylist()
+    meta = inputs.select(["source", "step", "label", *job.metrics, "hparams"])
+    rejects: list[tuple[str, str, str]] = []
+    writer = ShardWriter(job.dest, job.chunk, job.metrics, job.write, on_publish=hook)
+    specs = {}
+    try:
+        for item in job.source.read(inputs):
+            if isinstance(item, Reject):
+                rejects.append((names[item.row], item.reason, item.detail))
+                continue
+            specs[item.spec.arch_id] = item.spec.to_dict()
+            for split, pos, ids in _route(item, names, presplit, job.split, split_by_model_id, rejects):
+                table = meta.take(pa.array(item.rows[pos]))
+                table = table.add_column(0, "model_id", pa.array(ids, pa.string()))
+                whole = len(pos) == len(item.rows)
+                writer.add(item.spec, split, table, item.tensors, None if whole else pos)
+        files = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    rejects_file = None
+    if rejects:
+        rejects_file = rejects_name(job.chunk)
+        table = pa.Table.from_pylist([dict(zip(REJECT_SCHEMA.names, r)) for r in rejects], schema=REJECT_SCHEMA)
+        with job.dest.spool(rejects_file) as local:
+            pq.write_table(table, local)
+    marker = {
+        "fingerprint": job.fingerprint,
+        "chunk": job.chunk,
+        "inputs": inputs.num_rows,
+        "files": files,
+        "rejects": dict(Counter(r[1] for r in rejects)),
+        "rejects_file": rejects_file,
+        "specs": specs,
+    }
+    job.dest.write_bytes(marker_name(job.chunk), json.dumps(marker, indent=1).encode())
+    return marker
+
+
+def _route(item: WeightBatch, names, presplit, policy: SplitPolicy, by_model_id, rejects):
+    """Drop non-finite rows (rejects), hash the rest, and yield (split, positions in the batch, model_ids).
+
+    Positions index `item.tensors`; the writer gathers them when it writes (one copy, not two).
+    """
+    ok, first_bad = finite_rows(item.tensors, item.flat)
+    for r, key in sorted(first_bad.items()):
+        row = int(item.rows[r])
+        rejects.append((names[row], NON_FINITE, f"{names[row]}: {key} holds NaN or Inf"))
+    keep = np.flatnonzero(ok)
+    if len(keep) == 0:
+        return
+    if len(keep) == len(ok):
+        ids = model_ids(item.spec.arch_id, item.tensors, item.spec.keys, item.flat)
+    else:
+        flat = None if item.flat is None else item.flat[keep]
+        ids = model_ids(item.spec.arch_id, {k: v[keep] for k, v in item.tensors.items()}, item.spec.keys, flat)
+    splits = []
+    for row, model_id in zip(item.rows[keep], ids):
+        split = presplit[row]
+        if split is None:
+            split = policy.by_hash(model_id) if by_model_id is None else by_model_id.get(model_id, "")
+        if split == "":
+            detail = f"{names[row]} (model_id {model_id}) is not in {policy.file}"
+            rejects.append((names[row], NOT_IN_SPLIT_FILE, detail))
+        splits.append(split)
+    splits = np.array(splits, dtype=object)
+    for split in sorted(set(splits) - {""}):
+        sel = np.flatnonzero(splits == split)
+        yield split, keep[sel], [ids[i] for i in sel]
