@@ -11,12 +11,12 @@ import math
 import torch
 from torch import nn
 
-from metanets.layers.common import WSActivation, mlp
+from metanets.layers.common import TensorRMSNorm, WSActivation, mlp
 from metanets.layers.monomial import MonomialInvariantPool, MonomialLinear
 from metanets.layers.np_layers import NPLinear, np_pool, np_pool_width
 from metanets.layers.quasi import QuasiScale
 from metanets.layers.stats import num_stat_features, weight_stats
-from metanets.spec import PERM, PERM_SCALE, NetworkSpec, SpecError
+from metanets.spec import PERM, PERM_SCALE, PERM_SIGN, NetworkSpec, SpecError
 from metanets.weight_space import WeightSpace
 
 
@@ -94,6 +94,8 @@ def _np_family(hnp: bool):
 def _monomial(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128, name="monomial_nfn"):
     act = "relu" if spec.group == PERM_SCALE else "tanh"  # homogeneous for scales, odd for signs
     body = _stack(lambda a, b: MonomialLinear(spec, a, b), act, hidden, num_layers)
+    if spec.group == PERM_SIGN:  # sign groups allow per-tensor normalisation of the input (see TensorRMSNorm)
+        body = nn.Sequential(TensorRMSNorm(), *body)
     pool = MonomialInvariantPool(spec, hidden)
     return Metanetwork(name, spec, body, pool, mlp(pool.out_dim, head_hidden, out_dim), spec.group, True)
 

@@ -65,6 +65,8 @@ def finish_run(cfg: TrainConfig, tracking_uri: str, run_id: str, experiment: str
     summary["num_params"] = float(model.num_params)
     summary["best_epoch"] = float(card.get("epoch", -1))
     mlflow.set_tracking_uri(tracking_uri)
+    # the fluent API refuses a run outside the process's active experiment: make the run's one active
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(summary)
         mlflow.log_artifacts(str(ckpt / "metanet"), artifact_path="metanet")

@@ -65,3 +65,19 @@ def mlp(d_in: int, hidden: int, d_out: int, depth: int = 2) -> nn.Sequential:
         mods += [nn.Linear(a, b), nn.ReLU()]
     mods.append(nn.Linear(dims[-1], d_out))
     return nn.Sequential(*mods)
+
+
+class TensorRMSNorm(nn.Module):
+    """Divide every tensor of each network by its root-mean-square (per batch row and channel).
+
+    The RMS of a tensor is unchanged by permutations and sign flips, so this keeps equivariance for the
+    perm and perm_sign groups (not for positive scalings). It puts networks whose weights live at very
+    different scales (SIREN hidden layers are ~1e-2) on a common footing before the first layer.
+    """
+
+    def forward(self, ws: WeightSpace) -> WeightSpace:
+        def norm(t: torch.Tensor) -> torch.Tensor:
+            rms = t.reshape(t.shape[0], t.shape[1], -1).square().mean(dim=2).sqrt()
+            return t / rms.clamp_min(1e-12).reshape(*rms.shape, *([1] * (t.ndim - 2)))
+
+        return ws.map(norm)
