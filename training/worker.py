@@ -69,7 +69,7 @@ def compute_loss(cfg: TrainConfig, out: torch.Tensor, y: torch.Tensor) -> torch.
 def _iter_batches(shard, cfg: TrainConfig, epoch: int):
     """This worker's share of the training split, shuffled differently (and reproducibly) every epoch."""
     yield from shard.iter_batches(
-        batch_size=cfg.batch_size, batch_format="numpy", drop_last=False,
+        batch_size=cfg.batch_size, batch_format="numpy", drop_last=False, prefetch_batches=4,
         local_shuffle_buffer_size=cfg.data.shuffle_buffer, local_shuffle_seed=cfg.seed * 10007 + epoch,
     )
 
