@@ -149,7 +149,10 @@ class WeightTable:
         for arch_id in self._arch_ids(arch):
             paths = self.files(split, arch_id)
             if paths:
-                total += ds.dataset(paths, filesystem=afs, format="parquet").count_rows(filter=expr)
+                # read one small column rather than Dataset.count_rows: its statistics path crashed
+                # (segfault) once under concurrent Ray Data reads; this costs little and is plain scanning
+                dataset = ds.dataset(paths, filesystem=afs, format="parquet")
+                total += dataset.to_table(columns=["step"], filter=expr).num_rows
         return total
 
     def rejects(self) -> pa.Table:
