@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from metanets.batched import BatchedTensors
 from metanets.spec import NetworkSpec, SpecError
 
 
 @dataclass(frozen=True)
-class WeightSpace:
+class WeightSpace(BatchedTensors):
     spec: NetworkSpec
     weights: tuple[torch.Tensor, ...]
     biases: tuple[torch.Tensor, ...]
@@ -124,21 +125,6 @@ class WeightSpace:
             tuple(fn(a, b) for a, b in zip(self.weights, other.weights)),
             tuple(fn(a, b) for a, b in zip(self.biases, other.biases)),
         )
-
-    def to(self, *args, **kwargs) -> WeightSpace:
-        return self.map(lambda t: t.to(*args, **kwargs))
-
-    def double(self) -> WeightSpace:
-        return self.to(torch.float64)
-
-    def float(self) -> WeightSpace:
-        return self.to(torch.float32)
-
-    def __getitem__(self, idx) -> WeightSpace:
-        """Index the batch axis."""
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1)
-        return self.map(lambda t: t[idx])
 
     @staticmethod
     def cat(items: Sequence[WeightSpace]) -> WeightSpace:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from metanets.batched import BatchedTensors
 from metanets.spec import SpecError
 from metanets.transformer.spec import EMBEDDING_ROLES, TransformerSpec
 
@@ -67,7 +68,7 @@ def _to_torch(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class TransformerWeightSpace:
+class TransformerWeightSpace(BatchedTensors):
     spec: TransformerSpec
     wq: torch.Tensor
     wk: torch.Tensor
@@ -190,21 +191,6 @@ class TransformerWeightSpace:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return TransformerWeightSpace(**values)
-
-    def to(self, *args, **kwargs) -> TransformerWeightSpace:
-        return self.map(lambda t: t.to(*args, **kwargs))
-
-    def double(self) -> TransformerWeightSpace:
-        return self.to(torch.float64)
-
-    def float(self) -> TransformerWeightSpace:
-        return self.to(torch.float32)
-
-    def __getitem__(self, idx) -> TransformerWeightSpace:
-        """Index the batch axis."""
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1)
-        return self.map(lambda t: t[idx])
 
     @staticmethod
     def cat(items: Sequence[TransformerWeightSpace]) -> TransformerWeightSpace:
