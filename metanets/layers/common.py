@@ -11,6 +11,21 @@ from torch.nn import functional as F
 from metanets.weight_space import WeightSpace
 
 
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt of a non-negative tensor, with 1 where x == 0 and a finite (zero) gradient there.
+
+    A plain `x.sqrt()` has an infinite derivative at 0, which backpropagates NaN (inf * 0) through any
+    norm of an all-zero vector, and ReLU features produce exact zeros routinely.
+    """
+    return torch.where(x > 0, x, torch.ones_like(x)).sqrt()
+
+
+def normalise_channels(t: torch.Tensor) -> torch.Tensor:
+    """Divide each entry's channel vector (axis 1) by its Euclidean norm, so that a positive scale shared
+    by the channels cancels exactly. All-zero channel vectors stay zero, with a finite gradient."""
+    return t / safe_sqrt((t * t).sum(dim=1, keepdim=True))
+
+
 class ChannelLinear(nn.Module):
     """A linear map over axis 1 (channels) of a tensor (B, C_in, *rest) -> (B, C_out, *rest).
 
@@ -77,7 +92,7 @@ class TensorRMSNorm(nn.Module):
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
         def norm(t: torch.Tensor) -> torch.Tensor:
-            rms = t.reshape(t.shape[0], t.shape[1], -1).square().mean(dim=2).sqrt()
-            return t / rms.clamp_min(1e-12).reshape(*rms.shape, *([1] * (t.ndim - 2)))
+            rms = safe_sqrt(t.reshape(t.shape[0], t.shape[1], -1).square().mean(dim=2))
+            return t / rms.reshape(*rms.shape, *([1] * (t.ndim - 2)))
 
         return ws.map(norm)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metanets.layers.common import ChannelLinear, flat_kernel, unflat_kernel
+from metanets.layers.common import ChannelLinear, flat_kernel, normalise_channels, unflat_kernel
 from metanets.spec import PERM_SCALE, PERM_SIGN, NetworkSpec, SpecError
 from metanets.weight_space import WeightSpace
 
@@ -58,11 +58,6 @@ class MonomialLinear(nn.Module):
         return WeightSpace(self.spec, tuple(out_w), tuple(out_b))
 
 
-def _normalise(t: torch.Tensor, tiny: float) -> torch.Tensor:
-    """Divide each entry's channel vector (axis 1) by its norm: invariant to positive scaling."""
-    return t / t.norm(dim=1, keepdim=True).clamp_min(tiny)
-
-
 class MonomialInvariantPool(nn.Module):
     """Pool a Monomial-NFN feature into (B, D) features invariant to the spec's group.
 
@@ -87,8 +82,7 @@ class MonomialInvariantPool(nn.Module):
 
     def _cancel(self, t: torch.Tensor) -> torch.Tensor:
         if self.spec.group == PERM_SCALE:
-            tiny = torch.finfo(t.dtype).tiny ** 0.5
-            return _normalise(t, tiny)
+            return normalise_channels(t)
         return torch.tanh(t).abs()
 
     def forward(self, ws: WeightSpace) -> torch.Tensor:

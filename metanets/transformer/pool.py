@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from metanets.layers.common import ChannelLinear
+from metanets.layers.common import ChannelLinear, normalise_channels
 from metanets.spec import PERM_SCALE
 from metanets.transformer.layers import augment, signed_log
 from metanets.transformer.spec import TransformerSpec
@@ -46,8 +46,7 @@ class TransformerInvariantPool(nn.Module):
     def _cancel(self, t: torch.Tensor) -> torch.Tensor:
         """Remove the FFN units' scales (perm_scale) or signs (perm_sign) entry by entry, across channels."""
         if self.spec.ffn_group == PERM_SCALE:
-            norm = (t * t).sum(dim=1, keepdim=True).sqrt()  # faster than .norm over a strided axis
-            return t / norm.clamp_min(torch.finfo(t.dtype).tiny ** 0.5)
+            return normalise_channels(t)
         return torch.tanh(t).abs()
 
     def _p(self, name: str, t: torch.Tensor) -> torch.Tensor:
