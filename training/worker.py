@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -154,6 +155,7 @@ def train_loop_per_worker(config: dict) -> None:
         _maybe_inject_fault(cfg, epoch, rank, config.get("fault_marker"))
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
         losses, rows, waited = [], 0, 0.0
+        skipped_before = engine.skipped_steps
         epoch_start = tick = time.perf_counter()
         for batch in _iter_batches(train_shard, cfg, epoch):
             ws = augment(batch_to_weightspace(batch, spec), cfg.augment, gen).to(device=device, dtype=dtype)
@@ -173,11 +175,18 @@ def train_loop_per_worker(config: dict) -> None:
         stats = torch.tensor([sum(losses), len(losses), rows, waited, seconds], dtype=torch.float64)
         if world > 1:
             torch.distributed.all_reduce(stats)
+        # DeepSpeed skips (and counts) a step whose gradients are not finite; the overflow check is
+        # all-reduced, so every rank holds the same count
+        skipped = engine.skipped_steps - skipped_before
         metrics = {
             "epoch": epoch, "global_step": global_step, "train_loss": float(stats[0] / max(stats[1], 1)),
             "train_networks_per_s": float(stats[2] / max(stats[4] / world, 1e-9)),
             "data_wait_fraction": float(stats[3] / max(stats[4], 1e-9)),
+            "skipped_steps": skipped,
         }
+        if skipped and rank == 0:
+            print(f"warning: epoch {epoch}: {skipped} optimiser steps skipped (non-finite gradients)",
+                  file=sys.stderr, flush=True)
         val_out = val_y = None
         if rank == 0:
             val_out, val_y = evaluate(engine, cfg, config, device, dtype)
