@@ -29,6 +29,10 @@ class DataConfig(Strict):
     steps: list[int] | None = Field(None, description="keep checkpoints at these steps only; None: all")
     target: str = Field("test_accuracy", description="metric column to regress, or 'label' to classify")
     shuffle_buffer: int = Field(512, ge=1, description="rows in the per-worker shuffle buffer")
+    cache: Literal["auto", "always", "never"] = Field(
+        "auto", description="keep the filtered training split in Ray's object store after the first read "
+                            "(it spills to disk when full) instead of reading the Parquet shards every epoch; "
+                            "auto: when it takes at most a quarter of the object store")
 
 
 class TaskConfig(Strict):

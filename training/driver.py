@@ -126,7 +126,11 @@ def main(cfg: TrainConfig) -> TrainResult:
     data_ctx.enable_progress_bars = False  # one progress bar (rank 0's), not one per operator
     data_ctx.print_on_execution_start = False
     # rank 0 reads the (small) validation split straight from the table; training rows stream via Ray Data
-    datasets = {"train": table.to_ray_dataset(split=cfg.data.train_split, columns=columns, **filters)}
+    train = table.to_ray_dataset(split=cfg.data.train_split, columns=columns, **filters)
+    if cache_training_split(cfg, spec, rows[cfg.data.train_split],
+                            ray.cluster_resources().get("object_store_memory", 0)):
+        train = train.materialize()
+    datasets = {"train": train}
     card = make_card(cfg.model.name, dict(cfg.model.kwargs, out_dim=out_dim), spec, task=cfg.task.kind,
                      loss=cfg.task.loss, target=cfg.data.target, zoo=zoo, table=cfg.data.table)
     primary = f"val_{PRIMARY_METRIC[cfg.task.kind]}"
@@ -201,6 +205,18 @@ def _resources(cfg: TrainConfig) -> dict:
     if cfg.scaling.use_gpu:
         res["GPU"] = cfg.scaling.gpus_per_worker
     return res
+
+
+def cache_training_split(cfg: TrainConfig, spec, rows: int, object_store_bytes: float) -> bool:
+    """Whether to keep the training rows in the object store across epochs (`data.cache`).
+
+    Every epoch re-executes the dataset: without a cache that means reading, decoding and filtering the
+    shards again, on the same CPUs as the training step. Small splits are kept; large ones stream.
+    """
+    if cfg.data.cache != "auto":
+        return cfg.data.cache == "always"
+    estimate = rows * (spec.num_params * 4 + 256)  # float32 weights plus the target and row overhead
+    return estimate <= 0.25 * object_store_bytes
 
 
 def _best_checkpoint(result, primary: str):

@@ -68,3 +68,20 @@ def test_classification_task_uses_cross_entropy():
     assert cfg.task.loss == "ce"
     with pytest.raises(ConfigError, match="inr_classification"):
         load_config(None, ["data.table=t", "task.loss=ce"])
+
+
+def test_training_split_is_cached_only_when_small_or_asked():
+    from types import SimpleNamespace
+
+    from training.driver import cache_training_split
+
+    spec = SimpleNamespace(num_params=1000)  # ~4.3 kB a row
+    auto = load_config(None, ["data.table=t", "model.name=monomial_nfn"])
+    assert cache_training_split(auto, spec, rows=1000, object_store_bytes=1e9)
+    assert not cache_training_split(auto, spec, rows=1_000_000, object_store_bytes=1e9)
+    never = load_config(None, ["data.table=t", "model.name=monomial_nfn", "data.cache=never"])
+    assert not cache_training_split(never, spec, rows=10, object_store_bytes=1e9)
+    always = load_config(None, ["data.table=t", "model.name=monomial_nfn", "data.cache=always"])
+    assert cache_training_split(always, spec, rows=1_000_000, object_store_bytes=1e9)
+    with pytest.raises(ConfigError, match="data.cache"):
+        load_config(None, ["data.table=t", "model.name=monomial_nfn", "data.cache=sometimes"])
