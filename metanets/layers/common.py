@@ -11,19 +11,27 @@ from torch.nn import functional as F
 from metanets.weight_space import WeightSpace
 
 
+def _floor(dtype: torch.dtype) -> float:
+    """Squares below this count as zero: above it x ** -1.5 (in the backward of sqrt) stays finite."""
+    return torch.finfo(dtype).tiny ** 0.5
+
+
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """sqrt of a non-negative tensor, with 1 where x == 0 and a finite (zero) gradient there.
+    """sqrt of a non-negative tensor, with 1 where x is (numerically) zero and a zero gradient there.
 
     A plain `x.sqrt()` has an infinite derivative at 0, which backpropagates NaN (inf * 0) through any
-    norm of an all-zero vector, and ReLU features produce exact zeros routinely.
+    norm of an all-zero vector, and ReLU features produce exact zeros routinely; squares of tiny
+    nonzero entries (dead units whose weights decayed to ~1e-20) overflow the backward in float32.
     """
-    return torch.where(x > 0, x, torch.ones_like(x)).sqrt()
+    return torch.where(x > _floor(x.dtype), x, torch.ones_like(x)).sqrt()
 
 
 def normalise_channels(t: torch.Tensor) -> torch.Tensor:
     """Divide each entry's channel vector (axis 1) by its Euclidean norm, so that a positive scale shared
-    by the channels cancels exactly. All-zero channel vectors stay zero, with a finite gradient."""
-    return t / safe_sqrt((t * t).sum(dim=1, keepdim=True))
+    by the channels cancels exactly. Numerically zero channel vectors (squared norm below
+    tiny ** 0.5 of the dtype, ~1e-19 in float32) become exactly zero, with a zero gradient."""
+    sq = (t * t).sum(dim=1, keepdim=True)
+    return torch.where(sq > _floor(t.dtype), t / safe_sqrt(sq), torch.zeros_like(t))
 
 
 class ChannelLinear(nn.Module):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from metanets import NetworkSpec, WeightSpace, symmetry
+from metanets.layers.common import normalise_channels, safe_sqrt
 from metanets.layers.monomial import MonomialLinear
 from metanets.layers.np_layers import NPLinear
 from metanets.layers.quasi import QuasiScale
@@ -150,3 +151,25 @@ def test_quasi_scale_is_quasi_equivariant(alpha_mode):
     assert any(float((a - b).abs().max()) > 1e-6 for a, b in zip(a_theta, a_g_theta))
     expected_channels = C if alpha_mode == "per_channel" else 1
     assert all(a.shape[1] == expected_channels for a in a_theta)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channel_normalisation_is_scale_invariant_and_differentiable_at_zero(dtype):
+    """normalise_channels cancels a positive per-entry scale exactly; all-zero channel vectors, and ones so
+    small that their squared norm is denormal (dead units whose weights decayed to ~1e-22), map to zero
+    with finite gradients, where a plain sqrt backpropagates NaN."""
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randn(3, 5, 4, 6, generator=gen, dtype=dtype)
+    t[0, :, 1, 2] = 0.0
+    t[1, :, 2, 3] = 1e-22 * torch.randn(5, generator=gen, dtype=dtype)
+    scale = torch.rand(3, 1, 4, 6, generator=gen, dtype=dtype) * 1e3 + 1e-3
+    normal = (t * t).sum(dim=1, keepdim=True) > 1e-30
+    out = normalise_channels(t)
+    torch.testing.assert_close(normalise_channels(t * scale) * normal, out * normal, rtol=0, atol=1e-6)
+    assert (out[0, :, 1, 2] == 0).all()
+    leaf = t.clone().requires_grad_(True)
+    (normalise_channels(leaf) * torch.randn(t.shape, generator=gen, dtype=dtype)).sum().backward()
+    assert torch.isfinite(leaf.grad).all()
+    x = torch.zeros(4, dtype=dtype, requires_grad=True)
+    safe_sqrt(x * x).sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -142,15 +142,17 @@ def test_bad_input_errors():
         build_model("monomial_nfn_quasi", spec, alpha_mode="per_layer")
 
 
+@pytest.mark.parametrize("dead", [0.0, 1e-22])
 @pytest.mark.parametrize("name", ["monomial_nfn", "monomial_nfn_quasi"])
-def test_gradients_stay_finite_with_a_dead_unit(name):
-    """A hidden unit with zero incoming weights and bias (common in trained ReLU zoos) gives entries whose
-    channel vector is exactly zero after the ReLU; their scale normalisation must not backpropagate NaN."""
+def test_gradients_stay_finite_with_a_dead_unit(name, dead):
+    """A hidden unit with zero incoming weights and bias (common in trained ReLU zoos), or weights decayed
+    to ~1e-22, gives entries whose channel vector is (numerically) zero; their scale normalisation must not
+    backpropagate NaN in float32."""
     sds = random_state_dicts(lambda: MLP(activation="relu"), B, 0)
     for sd in sds:
-        sd["layers.0.weight"][2] = 0.0
-        sd["layers.0.bias"][2] = 0.0
-        sd["layers.1.weight"][:, 2] = 0.0
+        sd["layers.0.weight"][2] = dead
+        sd["layers.0.bias"][2] = dead
+        sd["layers.1.weight"][:, 2] = dead
     spec = NetworkSpec.from_state_dict(sds[0], activation="relu")
     ws = WeightSpace.from_state_dicts(sds, spec)
     torch.manual_seed(0)

@@ -143,15 +143,16 @@ def test_bad_input_errors():
         build_model("transformer_nfn_quasi", spec, alpha_mode="per_layer")
 
 
+@pytest.mark.parametrize("dead", [0.0, 1e-22])
 @pytest.mark.parametrize("name", ["transformer_nfn", "transformer_nfn_quasi"])
-def test_gradients_stay_finite_with_a_dead_ffn_unit(name):
-    """A feed-forward unit with zero fc1 row and bias (and zero fc2 column) gives pooled entries whose
-    channel vector is exactly zero; their scale normalisation must not backpropagate NaN."""
+def test_gradients_stay_finite_with_a_dead_ffn_unit(name, dead):
+    """A feed-forward unit with zero (or ~1e-22: decayed) fc1 row, bias and fc2 column gives pooled entries
+    whose channel vector is (numerically) zero; their scale normalisation must not backpropagate NaN."""
     sds = random_state_dicts(lambda: DigitsStyle(1), B, 0)
     for sd in sds:
-        sd["layers.0.fc1.weight"][3] = 0.0
-        sd["layers.0.fc1.bias"][3] = 0.0
-        sd["layers.0.fc2.weight"][:, 3] = 0.0
+        sd["layers.0.fc1.weight"][3] = dead
+        sd["layers.0.fc1.bias"][3] = dead
+        sd["layers.0.fc2.weight"][:, 3] = dead
     spec = TransformerSpec.from_state_dict(sds[0], activation="relu", num_heads=2)
     ws = TransformerWeightSpace.from_state_dicts(sds, spec)
     torch.manual_seed(0)
