@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 
@@ -37,15 +38,21 @@ def result_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def metric_suffix(condition: str) -> str:
+    """An orbit condition's name as MLflow accepts it (alphanumerics, _ - . space : /):
+    'U[1,10^3]' -> 'U1_10e3', 'GL cond<=10' -> 'GL_cond_le_10'."""
+    name = condition.replace("[", "").replace("]", "").replace(",", "_").replace("^", "e").replace("<=", "_le_")
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.-]", "_", name))
+
+
 def flat_metrics(result: dict, prefix: str = "test_") -> dict[str, float]:
     """MLflow metric names: test_<metric>, test_<metric>_<condition>, audit_max, audit_mean."""
     out = {}
     for k, v in result["clean"].items():
         out[f"{prefix}{k}"] = v
     for cond, m in result["robustness"].items():
-        safe = cond.replace("[", "").replace("]", "").replace(",", "_").replace("^", "e")
         for k, v in m.items():
-            out[f"{prefix}{k}_{safe}"] = v
+            out[f"{prefix}{k}_{metric_suffix(cond)}"] = v
     out["audit_max"] = result["audit"]["max"]
     out["audit_mean"] = result["audit"]["mean"]
     return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}

@@ -35,6 +35,24 @@ def test_orbit_conditions_follow_the_group():
     assert list(orbit_conditions("perm_sign")) == ["permuted", "signs"]
 
 
+@pytest.mark.parametrize("group", ["perm_scale", "perm_sign", "perm", "transformer_perm_scale"])
+def test_every_condition_logs_to_mlflow(group, tmp_path):
+    """Each group's orbit conditions become metric names that a real MLflow store accepts."""
+    from mlflow import MlflowClient
+
+    from eval.report import flat_metrics, log_to_mlflow, write_json
+
+    conds = orbit_conditions(group)
+    result = {"clean": {"kendall_tau": 0.5}, "robustness": {c: {"kendall_tau": 0.4} for c in conds},
+              "audit": {"max": 1e-15, "mean": 1e-16}}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e", artifact_location=str(tmp_path / "art")))
+    log_to_mlflow(result, uri, run.info.run_id, write_json(result, tmp_path / "eval.json"))
+    logged = client.get_run(run.info.run_id).data.metrics
+    assert set(logged) == set(flat_metrics(result)) and len(logged) == len(conds) + 3
+
+
 def test_invariant_model_is_robust_and_passes_the_audit_statnet_does_not():
     spec, ws, y = _synthetic()
     batches = lambda: [(ws[:12], y[:12]), (ws[12:], y[12:])]  # noqa: E731
