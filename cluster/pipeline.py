@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -23,11 +22,12 @@ def _hash(obj) -> str:
 
 
 class State:
-    """Stage results of one pipeline, persisted after every stage (local store only)."""
+    """Stage results of one pipeline, persisted atomically after every stage at `<store>/pipeline/`
+    (a local folder or an object store: a job submitted to a cluster keeps its state with its data)."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
+    def __init__(self, folder, name: str):
+        self.folder, self.name = folder, name  # folder: a zoo_ingest.storage.Location
+        self.data = json.loads(folder.read_bytes(name)) if folder.exists(name) else {}
 
     def get(self, stage: str, key: str):
         entry = self.data.get(stage, {}).get(key)
@@ -39,19 +39,17 @@ class State:
 
     def put(self, stage: str, key: str, fingerprint: str, value) -> None:
         self.data.setdefault(stage, {})[key] = {"fingerprint": fingerprint, "value": value}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        tmp.replace(self.path)
+        self.folder.write_bytes(self.name, json.dumps(self.data, indent=1, default=str).encode())
 
 
 def _stage(title: str, i: int, total: int) -> None:
     print(f"\n[{i}/{total}] {title}", flush=True)
 
 
-def _local_state_path(cfg: PipelineConfig) -> Path:
-    base = cfg.store if "://" not in cfg.store else os.path.join(".metazoo", "pipeline")
-    return Path(base) / "pipeline" / f"{cfg.folder}.json"
+def _state(cfg: PipelineConfig) -> State:
+    from zoo_ingest.storage import Location
+
+    return State(Location(cfg.store.rstrip("/")).child("pipeline"), f"{cfg.folder}.json")
 
 
 def check_services(cfg: PipelineConfig) -> None:
@@ -86,7 +84,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict:
     check_services(cfg)
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
     train_cfgs = {f.label: cfg.train_config(f) for f in cfg.families}  # validate every family up front
-    state = State(_local_state_path(cfg))
+    state = _state(cfg)
     total = 3 + 2 * len(cfg.families) - (1 if cfg.zoo.uri else 0)
     step = 0
     zoo_uri, table_uri = cfg.zoo_uri(), cfg.table_uri()
@@ -112,7 +110,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict:
         fp = _hash({"table": table_fp, "train": tcfg.model_dump(mode="json")})
         step += 1
         done = state.get("train", family.label)
-        if state.matches("train", family.label, fp) and done and Path(done["metanet_path"]).exists():
+        if state.matches("train", family.label, fp) and done and _model_still_there(done):
             _stage(f"train {family.label}: already done (run {done['run_id']})", step, total)
         else:
             _stage(f"train {family.label} ({family.model}, {tcfg.scaling.num_workers} workers, "
@@ -197,3 +195,12 @@ def closing_summary(cfg: PipelineConfig, report: dict, runs: dict, tracking_uri:
     lines.append(f"finished in {seconds / 60:.1f} min; open the MLflow UI: "
                  f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
     return "\n".join(lines)
+
+
+def _model_still_there(done: dict) -> bool:
+    """A finished training counts on rerun if its model is still where it was written (a local folder
+    under the checkpoint storage path; models in an object store are trusted)."""
+    path = done.get("metanet_path")
+    if not path:
+        return False
+    return ("://" in path and not path.startswith("file://")) or Path(path.removeprefix("file://")).exists()

@@ -67,10 +67,12 @@ def load_model(ref: str, tracking_uri: str | None = None):
         client.get_run(run_id)
     except Exception:
         raise ModelNotFound(f"MLflow run {run_id!r} not found at {uri}") from None
-    tmp = tempfile.mkdtemp(prefix="metazoo-model-")
-    try:
-        local = client.download_artifacts(run_id, "metanet", tmp)
-    except Exception as exc:
-        raise ModelNotFound(f"run {run_id} has no 'metanet' artifact (was it trained by metazoo?): {exc}") from None
-    model, card = load_metanet(local)
+    with tempfile.TemporaryDirectory(prefix="metazoo-model-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, "metanet", tmp)
+        except Exception as exc:
+            raise ModelNotFound(
+                f"run {run_id} has no 'metanet' artifact (was it trained by metazoo?): {exc}"
+            ) from None
+        model, card = load_metanet(local)  # weights are copied into the model: the folder can go
     return model, card, run_id

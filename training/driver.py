@@ -8,6 +8,8 @@ its predictions plot, and registers it (moving the `champion` alias only when it
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -168,19 +170,45 @@ def main(cfg: TrainConfig) -> TrainResult:
     out = TrainResult(run_id=run_id, experiment=experiment, model_uri=None, registered_model=None, version=None,
                       champion=False, metrics=final_metrics, checkpoint_path=best.path if best else None,
                       num_params=build_model(cfg.model.name, spec, out_dim=out_dim, **cfg.model.kwargs).num_params)
+    scratch = None
     try:
         if best is not None:
-            local = best.to_directory()
-            out.metanet_path = str(Path(local) / "metanet")
+            local, scratch = _local_checkpoint(best)
+            out.metanet_path = _durable_metanet_path(cfg, best, local)
             if run_id:
-                registry.finish_run(cfg, tracking_uri, run_id, experiment, Path(local), final_metrics, out)
+                registry.finish_run(cfg, tracking_uri, run_id, experiment, local, final_metrics, out)
         elif run_id:
             registry.end_run(tracking_uri, run_id, "FINISHED")
     except BaseException:
         if run_id:
             registry.end_run(tracking_uri, run_id, "FAILED")
         raise
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return out
+
+
+def _local_checkpoint(best) -> tuple[Path, Path | None]:
+    """(a local folder holding the checkpoint, a scratch folder to delete afterwards or None).
+
+    A checkpoint in a local storage path is used where it is; one in an object store is downloaded
+    into a scratch folder (`Checkpoint.to_directory()` without a path would leave a copy in /tmp)."""
+    import pyarrow.fs
+
+    if isinstance(best.filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(best.path), None
+    scratch = Path(tempfile.mkdtemp(prefix="metazoo-checkpoint-"))
+    best.to_directory(str(scratch))
+    return scratch, scratch
+
+
+def _durable_metanet_path(cfg: TrainConfig, best, local: Path) -> str:
+    """Where the best model stays after this call: inside the run's checkpoint under the storage path."""
+    storage = cfg.checkpoint.storage_path
+    if "://" in storage and not storage.startswith("file://"):
+        return f"{storage.split('://', 1)[0]}://{best.path.rstrip('/')}/metanet"
+    return str(local / "metanet")
 
 
 def _run_storage(path: str):

@@ -2,6 +2,7 @@
 (127.0.0.1, token auth); the zoo and the weight table live on S3 (a moto server on 127.0.0.1) and the runs
 in a real `mlflow server` (127.0.0.1)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,7 @@ eval: {{scales: [1, 3], audit_samples: 2, audit_networks: 8}}
     assert "test_kendall_tau" in runs[0].data.metrics
     mv = client.get_model_version_by_alias("metazoo-digits-cnn-generalization", "champion")
     assert mv.run_id == runs[0].info.run_id
+    # the pipeline's state points at the best model inside the run's checkpoint on S3
+    state = json.loads(fs.cat(f"{bucket}/e2e/pipeline/digits-cnn.json"))
+    metanet = state["train"]["monomial_nfn"]["value"]["metanet_path"]
+    assert metanet.startswith(f"s3://{bucket}/e2e/runs/") and fs.exists(metanet.removeprefix("s3://") + "/metanet.json")

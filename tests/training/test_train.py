@@ -1,7 +1,9 @@
 """training.main end to end: DeepSpeed on 2 Ray Train CPU workers, MLflow run + registry, recovery."""
 
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +27,12 @@ def test_two_workers_train_log_and_register(digits_cnn_table, tmp_path):
 
     from eval.loading import load_model
 
+    scratch_before = set(Path(tempfile.gettempdir()).glob("checkpoint_tmp_*"))
     result = main(_cfg(digits_cnn_table, tmp_path))
+    # the best model stays in the run's checkpoint under the storage path; no copy is left in /tmp
+    assert Path(result.metanet_path).is_relative_to(tmp_path / "runs")
+    assert (Path(result.metanet_path) / "metanet.json").exists()
+    assert set(Path(tempfile.gettempdir()).glob("checkpoint_tmp_*")) <= scratch_before
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -119,3 +126,17 @@ def test_training_against_a_real_mlflow_server(digits_cnn_table, mlflow_server, 
     assert "train_networks_per_s" in run.data.metrics and 0 <= run.data.metrics["data_wait_fraction"] <= 1
     assert {a.path for a in client.list_artifacts(result.run_id)} >= {"metanet", "plots"}
     assert str(client.get_model_version_by_alias("server-test", "champion").version) == result.version
+
+
+def test_best_model_path_points_into_the_checkpoint_storage(tmp_path):
+    """Local storage: the checkpoint folder itself; object stores: the checkpoint's URI (nothing in /tmp)."""
+    from types import SimpleNamespace
+
+    from training.driver import _durable_metanet_path
+
+    best = SimpleNamespace(path="bucket/e2e/runs/run-1/checkpoint_000001")
+    s3 = load_config(None, ["data.table=t", "model.name=monomial_nfn", "checkpoint.storage_path=s3://bucket/e2e/runs"])
+    assert _durable_metanet_path(s3, best, tmp_path) == "s3://bucket/e2e/runs/run-1/checkpoint_000001/metanet"
+    local = load_config(None, ["data.table=t", "model.name=monomial_nfn", f"checkpoint.storage_path={tmp_path}"])
+    assert _durable_metanet_path(local, best, tmp_path / "ck") == str(tmp_path / "ck" / "metanet")
+
