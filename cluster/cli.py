@@ -45,6 +45,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(exc: BaseException) -> bool:
+    """Errors whose message says what is wrong and what to do; other exceptions keep their traceback."""
+    if isinstance(exc, USER_ERRORS):
+        return True
+    ingest = sys.modules.get("zoo_ingest")  # imported by any command that can raise its errors
+    return ingest is not None and isinstance(exc, (ingest.IngestError, ingest.StorageError))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -59,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(available[args.command][0]).run(args) or 0)
-    except USER_ERRORS as exc:
+    except Exception as exc:
         # bad input gets one clear line; set METAZOO_DEBUG=1 for the traceback
-        if os.environ.get("METAZOO_DEBUG"):
+        if os.environ.get("METAZOO_DEBUG") or not _user_error(exc):
             raise
         print(f"metazoo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -124,3 +124,27 @@ def test_complete_table_in_a_read_only_folder_stays_readable(tmp_path, zoo_write
     finally:
         for folder, _, _ in os.walk(out):
             os.chmod(folder, 0o755)
+
+
+def test_ingest_and_storage_errors_from_any_command_print_one_line(monkeypatch, capsys):
+    """The pipeline runs ingest itself: its IngestError (e.g. the table already holds another zoo) is a
+    user error there too. Unexpected exceptions keep their traceback."""
+    import cluster.commands.pipeline as command
+    from zoo_ingest import IngestError, StorageError
+
+    for exc in (IngestError("t: already holds a complete weight table; pass --overwrite"),
+                StorageError("destination s3://b/t is not writable: permission denied")):
+        def fail(args, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(command, "run", fail)
+        assert main(["pipeline", "--config", "configs/quickstart.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"metazoo pipeline: error: {exc}" and "Traceback" not in err
+
+    def crash(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(command, "run", crash)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["pipeline", "--config", "configs/quickstart.yaml"])
