@@ -28,10 +28,18 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
 
 def normalise_channels(t: torch.Tensor) -> torch.Tensor:
     """Divide each entry's channel vector (axis 1) by its Euclidean norm, so that a positive scale shared
-    by the channels cancels exactly. Numerically zero channel vectors (squared norm below
-    tiny ** 0.5 of the dtype, ~1e-19 in float32) become exactly zero, with a zero gradient."""
-    sq = (t * t).sum(dim=1, keepdim=True)
-    return torch.where(sq > _floor(t.dtype), t / safe_sqrt(sq), torch.zeros_like(t))
+    by the channels cancels exactly.
+
+    The vector is first divided by its largest |component| (scale-equivariant too), so the squared norm
+    lies in [1, C]: vectors of dead units whose weights decayed to ~1e-22 neither underflow nor overflow
+    the backward in float32. Vectors whose largest component is below the dtype's smallest normal number
+    (in particular all-zero ones) map to zero with a zero gradient.
+    """
+    top = t.abs().amax(dim=1, keepdim=True)
+    ok = top > torch.finfo(t.dtype).tiny
+    u = t / torch.where(ok, top, torch.ones_like(top))
+    norm = torch.where(ok, (u * u).sum(dim=1, keepdim=True), torch.ones_like(top)).sqrt()
+    return torch.where(ok, u / norm, torch.zeros_like(t))
 
 
 class ChannelLinear(nn.Module):
