@@ -181,6 +181,14 @@ def write_comparison(cfg: PipelineConfig, results: dict, runs: dict, tracking_ur
             for p in pngs:
                 mlflow.log_artifact(str(p), artifact_path="comparison")
             report["run_id"] = run.info.run_id
+    if "://" in cfg.store:  # the local folder goes with the job's working directory: publish to the store
+        from zoo_ingest.storage import Location
+
+        dest = Location(cfg.store.rstrip("/")).child(f"reports/{cfg.folder}")
+        for f in sorted(out.iterdir()):
+            if f.is_file():
+                dest.write_bytes(f.name, f.read_bytes())
+        report["published"] = dest.url
     return report
 
 
@@ -190,6 +198,8 @@ def closing_summary(cfg: PipelineConfig, report: dict, runs: dict, tracking_uri:
     for label, r in runs.items():
         reg = f", registered {r['registered_model']} v{r['version']}" if r.get("registered_model") else ""
         lines.append(f"  {label}: run {r.get('run_id')}{reg}{' (champion)' if r.get('champion') else ''}")
+    if report.get("published"):
+        lines.append(f"report and evaluation files copied to {report['published']}")
     if report.get("run_id"):
         lines.append(f"comparison run: {report['run_id']}")
     lines.append(f"finished in {seconds / 60:.1f} min; open the MLflow UI: "

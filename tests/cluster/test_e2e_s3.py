@@ -66,6 +66,9 @@ eval: {{scales: [1, 3], audit_samples: 2, audit_networks: 8}}
     assert "test_kendall_tau" in runs[0].data.metrics
     mv = client.get_model_version_by_alias("metazoo-digits-cnn-generalization", "champion")
     assert mv.run_id == runs[0].info.run_id
+    # the comparison report and evaluation files are published to the store
+    assert fs.exists(f"{bucket}/e2e/reports/digits-cnn/comparison.md")
+    assert fs.exists(f"{bucket}/e2e/reports/digits-cnn/eval-monomial_nfn.json")
     # the pipeline's state points at the best model inside the run's checkpoint on S3
     state = json.loads(fs.cat(f"{bucket}/e2e/pipeline/digits-cnn.json"))
     metanet = state["train"]["monomial_nfn"]["value"]["metanet_path"]
