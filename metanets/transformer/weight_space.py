@@ -236,15 +236,3 @@ class TransformerWeightSpace(BatchedTensors):
             raise SpecError(f"{self.spec.layers[0].key('queries')}: {C} channels, expected {channels}")
         return self
 
-    def check_finite(self) -> TransformerWeightSpace:
-        """Raise naming the first tensor (state-dict key) and batch rows holding NaN or Inf; returns self."""
-        for key, t in self.tensors():
-            bad = ~torch.isfinite(t)
-            if bad.any():
-                rows = torch.nonzero(bad.reshape(t.shape[0], -1).any(dim=1)).flatten().tolist()
-                raise ValueError(f"{key}: non-finite values (NaN or Inf) in batch rows {rows[:10]}")
-        return self
-
-    def _require_one_channel(self, what: str):
-        if self.channels != 1:
-            raise SpecError(f"{what} needs a one-channel weight space, this one has {self.channels}")
