@@ -215,3 +215,17 @@ def read_rows(table_uri: str, storage_options=None):
 @pytest.fixture(scope="session")
 def table_rows():
     return read_rows
+
+
+AWS_VARS = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No AWS_* variable from the machine leaks into a test; returns monkeypatch to set some."""
+    for name in AWS_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch

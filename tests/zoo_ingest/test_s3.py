@@ -10,26 +10,8 @@ from zoo_ingest import ingest, open_table, to_weight_space
 from zoo_ingest.storage import Location
 
 pytestmark = pytest.mark.ray
-AWS_VARS = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-)
-
-
-@pytest.fixture
-def no_aws_env(monkeypatch):
-    for name in AWS_VARS:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
-
-
 def test_ingest_to_s3_and_read_back_with_open_table_and_ray_data(
-    tmp_path, zoo_writers, s3_server, no_aws_env, ray_local
+    tmp_path, zoo_writers, s3_server, clean_env, ray_local
 ):
     opts, bucket = s3_server["options"], s3_server["bucket"]
     zoo_writers.smallcnnzoo(tmp_path / "zoo", n=24, inf_rows=(3,))
@@ -52,7 +34,7 @@ def test_ingest_to_s3_and_read_back_with_open_table_and_ray_data(
     assert again.already_complete
 
 
-def test_s3_source_gives_the_same_rows_as_local(tmp_path, zoo_writers, s3_server, no_aws_env, ray_local):
+def test_s3_source_gives_the_same_rows_as_local(tmp_path, zoo_writers, s3_server, clean_env, ray_local):
     opts, bucket = s3_server["options"], s3_server["bucket"]
     zoo_writers.smallcnnzoo(tmp_path / "zoo", n=12)
     store = Location(f"s3://{bucket}/zoos/cnn", opts)
@@ -66,15 +48,15 @@ def test_s3_source_gives_the_same_rows_as_local(tmp_path, zoo_writers, s3_server
     assert ids(remote) == ids(local) and len(ids(local)) == 12
 
 
-def test_environment_variables_configure_s3_like_other_tools(tmp_path, zoo_writers, s3_server, no_aws_env, ray_local):
+def test_environment_variables_configure_s3_like_other_tools(tmp_path, zoo_writers, s3_server, clean_env, ray_local):
     """Only the standard variables, set in the driver after Ray started: its workers never saw them,
     so this passes only if the driver hands the settings to the tasks (and pyarrow gets the endpoint)."""
     opts, bucket = s3_server["options"], s3_server["bucket"]
     zoo_writers.nfn_siren(tmp_path / "siren", per_label=2)
-    no_aws_env.setenv("AWS_ENDPOINT_URL_S3", opts["endpoint_url"])
-    no_aws_env.setenv("AWS_REGION", opts["region"])
-    no_aws_env.setenv("AWS_ACCESS_KEY_ID", opts["key"])
-    no_aws_env.setenv("AWS_SECRET_ACCESS_KEY", opts["secret"])
+    clean_env.setenv("AWS_ENDPOINT_URL_S3", opts["endpoint_url"])
+    clean_env.setenv("AWS_REGION", opts["region"])
+    clean_env.setenv("AWS_ACCESS_KEY_ID", opts["key"])
+    clean_env.setenv("AWS_SECRET_ACCESS_KEY", opts["secret"])
     uri = f"s3://{bucket}/tables/siren"
     summary = ingest(str(tmp_path / "siren"), uri, "nfn-siren", progress=False)
     assert summary.rows == 6
@@ -83,7 +65,7 @@ def test_environment_variables_configure_s3_like_other_tools(tmp_path, zoo_write
     assert opts["secret"] not in json.dumps(table.card)  # credentials never land in the table
 
 
-def test_failed_upload_publishes_nothing(s3_server, no_aws_env):
+def test_failed_upload_publishes_nothing(s3_server, clean_env):
     store = Location(f"s3://{s3_server['bucket']}/atomic", s3_server["options"])
     with pytest.raises(RuntimeError):
         with store.spool("part.parquet") as local:

@@ -10,23 +10,6 @@ import pytest
 
 from zoo_ingest.storage import Location, StorageError, arrow_s3, s3_settings
 
-AWS_VARS = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-)
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in AWS_VARS:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
-
 
 def test_s3_settings_read_the_standard_variables(clean_env):
     clean_env.setenv("AWS_ENDPOINT_URL", "http://generic:1")
