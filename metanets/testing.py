@@ -96,3 +96,22 @@ def assert_invariant(model: nn.Module, ws: WeightSpace, elements: Iterable) -> N
     err = invariance_error(model, ws, elements)["max"]
     if err > tol:
         raise AssertionError(f"not invariant: max |f(g x) - f(x)| = {err:.3e} > {tol:.3e}")
+
+
+def assert_quasi_error_grows_with_eps(make_quasi: Callable[[float], nn.Module], backbone: nn.Module, ws,
+                                      elements: Iterable, eps_values: Iterable[float], min_change: float) -> None:
+    """DESIGN.md fact 2 for a per-channel quasi model: with eps = 0 it is exactly invariant; with eps > 0
+    its output differs from the backbone's by more than `min_change` and its measured invariance error is
+    nonzero and grows with eps. `make_quasi(eps)` builds the model (float64, same seed as `backbone`)."""
+    elements = list(elements)
+    errors = []
+    for eps in eps_values:
+        model = make_quasi(eps)
+        assert not model.invariance_exact
+        errors.append(invariance_error(model, ws, elements)["max"])
+        if eps > 0:
+            with torch.no_grad():
+                change = float((model(ws) - backbone(ws)).abs().max())
+            assert change > min_change, f"eps={eps}: alpha changed the output by only {change:.3g}"
+    assert errors[0] < 1e-12, "eps = 0 makes alpha the identity, so the model is exactly invariant"
+    assert errors[1] > 1e-9 and all(a < b for a, b in zip(errors[1:], errors[2:])), errors
