@@ -1,10 +1,12 @@
 """Training throughput with 1 and 2 Ray Train workers, and how much of each step waits for data.
 
     python bench/train.py --table zoo_store/tables/digits-cnn [--model monomial_nfn] [--epochs 3]
+                          [--cache auto|always|never]
 
-Runs `training.main` twice in this process (1 worker, then 2), MLflow off, and prints networks/s over
-the training epochs (after the first, which includes start-up), the 2-worker / 1-worker speed-up, and
-the fraction of step time spent waiting for the input pipeline (goal: under 10%).
+Runs `training.main` twice in this process (1 worker, then 2), MLflow off, and prints networks/s in the
+last epoch (the first includes start-up and, with `data.cache`, the read into the object store), the
+2-worker / 1-worker speed-up, and the fraction of step time spent waiting for the input pipeline (goal:
+under 10%).
 """
 
 from __future__ import annotations
