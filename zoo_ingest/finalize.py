@@ -1,4 +1,4 @@
-"""The last step of an ingest, on the driver: check the shards, settle shapes, write zoo.json.
+"""The last step of an ingest, on the driver: check the shards, settle shapes, write the zoo card.
 
 1. Shape check (`shapes="majority"`): checkpoints with the same keys and activation but other shapes
    than most of them are rejected as `shape_mismatch` (their rows go to `_rejects/shape-mismatch.parquet`,
@@ -6,12 +6,11 @@
    shape as an architecture of its own.
 2. Every shard is read back (its `model_id` column): row counts must match the chunk markers, and
    repeated model_ids (copies of one network) are counted.
-3. zoo.json is written, last. Input count = rows + rejects is checked before it is.
+3. The zoo card (`_zoo.json`) is written, last. Input count = rows + rejects is checked before it is.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metanets.specs import spec_from_dict
+from zoo_ingest.card import write_card
 from zoo_ingest.chunk import REJECT_SCHEMA
 from zoo_ingest.sources.base import SHAPE_MISMATCH
 from zoo_ingest.storage import Location
@@ -240,7 +240,7 @@ def finalize(
         "architectures": architectures,
         "settings": settings.to_dict(),
     }
-    dest.write_bytes("zoo.json", json.dumps(card, indent=1).encode())
+    write_card(dest, card)
     return card
 
 

@@ -1,9 +1,9 @@
 """`ingest`: turn a model zoo into a weight table, as Ray tasks over chunks of the inputs.
 
     source plan (driver) -> chunks -> Ray tasks (read, validate, hash, split, write shards + marker)
-                         -> finalize (driver): shape check, duplicates, zoo.json last
+                         -> finalize (driver): shape check, duplicates, _zoo.json last
 
-Reruns are idempotent: a table whose zoo.json has the same fingerprint (source listing + settings) is
+Reruns are idempotent: a table whose zoo card has the same fingerprint (source listing + settings) is
 left as it is; an incomplete table resumes, skipping chunks that have a marker and deleting the shards
 of chunks that do not. A complete table with another fingerprint is only replaced with `overwrite`.
 The destination is checked first and the source planned before anything is written, so a bad
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from zoo_ingest.card import delete_cards, read_card
 from zoo_ingest.chunk import ChunkJob, run_chunk
 from zoo_ingest.finalize import IngestError, IngestSummary, finalize, summary_from_card
 from zoo_ingest.schema import DEFAULT_TENSOR_TYPE, SCHEMA_VERSION, TENSOR_TYPES
@@ -32,7 +33,7 @@ from zoo_ingest.storage import Location
 from zoo_ingest.writer import WriteSettings
 
 log = logging.getLogger(__name__)
-TABLE_ENTRIES = re.compile(r"^(zoo\.json|_manifest|_rejects|_probe-\w+|arch=[^/]+|\..*)$")
+TABLE_ENTRIES = re.compile(r"^(_?zoo\.json|_manifest|_rejects|_probe-\w+|arch=[^/]+|\..*)$")
 PART = re.compile(r"part-(\d+)(?:-\d+)?\.parquet$")
 
 
@@ -221,10 +222,8 @@ def _read_split_file(url: str, options: dict) -> str:
 
 
 def _read_card(dest: Location) -> dict | None:
-    try:
-        return json.loads(dest.read_bytes("zoo.json"))
-    except FileNotFoundError:
-        return None
+    found = read_card(dest)
+    return None if found is None else found[0]
 
 
 def _prepare(dest: Location, fingerprint: str, replace: bool) -> None:
@@ -243,7 +242,7 @@ def _prepare(dest: Location, fingerprint: str, replace: bool) -> None:
     if replace or stale:
         if stale and not replace:
             log.warning("%s: clearing an unfinished ingest made with other settings", dest.url)
-        dest.delete(["zoo.json"])  # first: from here on the table is incomplete
+        delete_cards(dest)  # first: from here on the table is incomplete
         dest.delete(dest.glob("arch=*/split=*/*") + dest.glob("_rejects/*") + dest.glob("_manifest/*"))
 
 

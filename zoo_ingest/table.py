@@ -14,7 +14,6 @@ whatever the table's size. Each batch holds one architecture; a table with sever
 from __future__ import annotations
 
 import itertools
-import json
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -29,6 +28,7 @@ from metanets.spec import NetworkSpec
 from metanets.specs import spec_from_dict
 from metanets.transformer import TransformerSpec, TransformerWeightSpace
 from metanets.weight_space import WeightSpace
+from zoo_ingest.card import CARD, LEGACY_CARD, CardError, read_card
 from zoo_ingest.schema import SCHEMA_VERSION, tensor_values
 from zoo_ingest.storage import Location
 
@@ -41,15 +41,18 @@ def open_table(uri: str, storage_options: Mapping | None = None) -> WeightTable:
     """Open the weight table at `uri` (any fsspec URL; S3 settings as in `zoo_ingest.storage`)."""
     loc = Location(uri.rstrip("/"), dict(storage_options or {}))
     try:
-        card = json.loads(loc.read_bytes("zoo.json"))
-    except FileNotFoundError:
+        found = read_card(loc)
+    except CardError as exc:
+        raise TableError(str(exc)) from None
+    if found is None:
         raise TableError(
-            f"{uri}: no zoo.json, so no complete weight table (an ingest may be running or have "
-            "stopped; rerun `metazoo ingest` with the same arguments to finish it)"
-        ) from None
+            f"{uri}: no zoo card ({CARD}, or {LEGACY_CARD} in older tables), so no complete weight table "
+            "(an ingest may be running or have stopped; rerun `metazoo ingest` with the same arguments to finish it)"
+        )
+    card, name = found
     version = card.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise TableError(f"{uri}: zoo.json has schema version {version}, this reader knows {SCHEMA_VERSION}")
+        raise TableError(f"{loc.url_of(name)} has schema version {version}, this reader knows {SCHEMA_VERSION}")
     return WeightTable(loc, card)
 
 

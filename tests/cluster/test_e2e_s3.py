@@ -55,7 +55,7 @@ eval: {{scales: [1, 3], audit_samples: 2, audit_networks: 8}}
     # the zoo and the complete table are on S3
     fs = s3fs.S3FileSystem(key=opts["key"], secret=opts["secret"], endpoint_url=opts["endpoint_url"])
     assert fs.exists(f"{bucket}/e2e/zoos/digits-cnn/metadata.csv")
-    assert fs.exists(f"{bucket}/e2e/tables/digits-cnn/zoo.json")
+    assert fs.exists(f"{bucket}/e2e/tables/digits-cnn/_zoo.json")
     assert fs.glob(f"{bucket}/e2e/tables/digits-cnn/arch=*/split=train/*.parquet")
     # the run and the registered model are in the MLflow server
     client = MlflowClient(mlflow_server)

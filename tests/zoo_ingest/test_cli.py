@@ -53,7 +53,7 @@ def test_broken_source_fails_with_a_message_naming_the_file(tmp_path, zoo_writer
     (tmp_path / "zoo/metrics.csv.gz").unlink()
     code = main(["ingest", str(tmp_path / "zoo"), "--format", "smallcnnzoo", "--out", str(tmp_path / "t")])
     assert code == 2 and "metrics.csv: file not found" in capsys.readouterr().err
-    assert not (tmp_path / "t/zoo.json").exists()
+    assert not (tmp_path / "t/_zoo.json").exists()
 
 
 class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
@@ -100,11 +100,11 @@ def test_read_only_destination_is_refused_and_its_table_stays_readable(
     zoo_writers.smallcnnzoo(tmp_path / "zoo", n=6)
     args = ["ingest", str(tmp_path / "zoo"), "--format", "smallcnnzoo", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "table"), "--no-ray"]) == 0
-    card = (tmp_path / "table/zoo.json").read_bytes()
+    card = (tmp_path / "table/_zoo.json").read_bytes()
     capsys.readouterr()
     assert main([*args, "--out", f"{read_only_http_server}/table", "--overwrite"]) == 2
     assert "is read-only" in capsys.readouterr().err
-    assert (tmp_path / "table/zoo.json").read_bytes() == card
+    assert (tmp_path / "table/_zoo.json").read_bytes() == card
     table = open_table(f"{read_only_http_server}/table")
     assert sum(ws.batch_size for ws, _ in table.batches(4)) == 6 == table.num_rows()
 

@@ -133,9 +133,9 @@ def test_bad_checkpoints_are_rejected_with_reasons(tmp_path, zoo_writers, ray_lo
 def test_rerun_is_idempotent_and_same_input_gives_same_rows(tmp_path, zoo_writers, table_rows, ray_local):
     zoo_writers.smallcnnzoo(tmp_path / "zoo", n=20)
     first = ingest(str(tmp_path / "zoo"), str(tmp_path / "a"), "smallcnnzoo", progress=False)
-    card = (tmp_path / "a/zoo.json").read_bytes()
+    card = (tmp_path / "a/_zoo.json").read_bytes()
     again = ingest(str(tmp_path / "zoo"), str(tmp_path / "a"), "smallcnnzoo", progress=False)
-    assert again.already_complete and (tmp_path / "a/zoo.json").read_bytes() == card
+    assert again.already_complete and (tmp_path / "a/_zoo.json").read_bytes() == card
     ingest(str(tmp_path / "zoo"), str(tmp_path / "b"), "smallcnnzoo", use_ray=False, chunk_rows=7, progress=False)
     rows_a, rows_b = table_rows(str(tmp_path / "a")), table_rows(str(tmp_path / "b"))
     assert len(rows_a) == first.rows == 20 and rows_a == rows_b
@@ -174,13 +174,13 @@ def test_crash_leaves_no_partial_files_and_rerun_finishes(tmp_path, zoo_writers,
             progress=False,
             task_hook=FailAfter(chunk=3, files=1),
         )
-    assert not (out / "zoo.json").exists() and (out / "_manifest/chunk-00002.json").exists()
+    assert not (out / "_zoo.json").exists() and (out / "_manifest/chunk-00002.json").exists()
     assert list(out.glob("arch=*/split=*/part-00003-*.parquet"))  # published before the crash
     (out / "arch=x/split=train").mkdir(parents=True)
     (out / "arch=x/split=train/.part-00009-000.parquet.abc.tmp").write_bytes(b"PAR1 half")  # killed writer
     for path in out.glob("arch=*/split=*/*.parquet"):
         pq.ParquetFile(path)  # every visible shard is complete
-    with pytest.raises(TableError, match="no zoo.json"):
+    with pytest.raises(TableError, match="no zoo card"):
         open_table(str(out))
     summary = ingest(str(tmp_path / "zoo"), str(out), "smallcnnzoo", chunk_rows=5, progress=False)
     assert summary.resumed_chunks == 3 and summary.rows == 40
@@ -202,7 +202,7 @@ def test_killed_worker_is_retried_without_duplicates(tmp_path, zoo_writers, tabl
 def test_complete_table_survives_failed_reruns(tmp_path, zoo_writers, table_rows, ray_local):
     zoo_writers.smallcnnzoo(tmp_path / "zoo", n=12)
     ingest(str(tmp_path / "zoo"), str(tmp_path / "table"), "smallcnnzoo", progress=False)
-    before, card = table_rows(str(tmp_path / "table")), (tmp_path / "table/zoo.json").read_bytes()
+    before, card = table_rows(str(tmp_path / "table")), (tmp_path / "table/_zoo.json").read_bytes()
     broken = tmp_path / "broken"
     shutil.copytree(tmp_path / "zoo", broken)
     (broken / "layout.csv").unlink()
@@ -210,7 +210,7 @@ def test_complete_table_survives_failed_reruns(tmp_path, zoo_writers, table_rows
         ingest(str(broken), str(tmp_path / "table"), "smallcnnzoo", overwrite=True, progress=False)
     with pytest.raises(IngestError, match="already holds a complete weight table"):
         ingest(str(tmp_path / "zoo"), str(tmp_path / "table"), "smallcnnzoo", split="50/25/25", progress=False)
-    assert (tmp_path / "table/zoo.json").read_bytes() == card and table_rows(str(tmp_path / "table")) == before
+    assert (tmp_path / "table/_zoo.json").read_bytes() == card and table_rows(str(tmp_path / "table")) == before
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere/notes.txt").write_text("mine")
     with pytest.raises(IngestError, match="not part of a weight table"):

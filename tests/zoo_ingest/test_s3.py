@@ -19,7 +19,7 @@ def test_ingest_to_s3_and_read_back_with_open_table_and_ray_data(
     summary = ingest(str(tmp_path / "zoo"), uri, "smallcnnzoo", storage_options=opts, progress=False)
     assert (summary.rows, summary.rejected) == (23, 1)
     store = Location(uri, opts)
-    assert store.exists("zoo.json") and store.glob("arch=*/split=train/*.parquet")
+    assert store.exists("_zoo.json") and store.glob("arch=*/split=train/*.parquet")
     assert not store.glob("_probe-*")  # the writability probe cleaned up after itself
     table = open_table(uri, storage_options=opts)
     assert sum(ws.batch_size for ws, _ in table.batches(5)) == 23

@@ -68,9 +68,9 @@ def test_spool_publishes_atomically_and_drops_failed_writes(tmp_path):
 
 def test_memory_filesystem_writes_through_put(tmp_path):
     loc = Location("memory://metazoo-test/t")
-    loc.write_bytes("zoo.json", b"{}")
-    assert loc.read_bytes("zoo.json") == b"{}"
-    assert loc.glob("*.json") == ["zoo.json"]
+    loc.write_bytes("_zoo.json", b"{}")
+    assert loc.read_bytes("_zoo.json") == b"{}"
+    assert loc.glob("*.json") == ["_zoo.json"]
 
 
 def test_unwritable_destination_fails_fast_naming_it(tmp_path):

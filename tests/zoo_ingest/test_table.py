@@ -136,7 +136,7 @@ def test_other_arrow_readers_read_the_table(cnn_table):
     assert weights.type.shape == list(spec.param_shapes()["conv2.weight"])  # canonical fixed-shape tensor
     assert weights.to_numpy_ndarray().shape == (data.num_rows, 4, 4, 3, 2)
     whole = ds.dataset(root, filesystem=afs, format="parquet", partitioning="hive", exclude_invalid_files=True)
-    assert whole.count_rows() >= data.num_rows  # zoo.json and _-prefixed folders are skipped
+    assert whole.count_rows() >= data.num_rows  # _zoo.json and _-prefixed folders are skipped
     frame = pq.read_table(table.files(arch=arch)[0], filesystem=afs).to_pandas()
     assert list(frame.columns[:4]) == ["model_id", "source", "step", "label"]
 
