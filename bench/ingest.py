@@ -85,6 +85,7 @@ def make_zoo(root: str, n: int, seed: int = 0) -> None:
                 "config.learning_rate",
                 "config.optimizer",
                 "config.dataset",
+                "modeldir",
             ]
         )
         for i in range(n):
@@ -100,6 +101,7 @@ def make_zoo(root: str, n: int, seed: int = 0) -> None:
                     10 ** rng.uniform(-4, -1),
                     "adam",
                     "mnist",
+                    f"/tmp/zoo/run-{run:06d}",
                 ]
             )
 

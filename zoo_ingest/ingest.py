@@ -28,7 +28,7 @@ from zoo_ingest.finalize import IngestError, IngestSummary, finalize, summary_fr
 from zoo_ingest.schema import DEFAULT_TENSOR_TYPE, SCHEMA_VERSION, TENSOR_TYPES
 from zoo_ingest.sources import make_source
 from zoo_ingest.sources.base import SourceError
-from zoo_ingest.splits import SplitPolicy, assign
+from zoo_ingest.splits import SplitPolicy, assign, resolve_network
 from zoo_ingest.storage import Location
 from zoo_ingest.writer import WriteSettings
 
@@ -134,6 +134,8 @@ def ingest(
     except Exception as exc:
         raise SourceError(f"{src_loc.url}: cannot read the source ({type(exc).__name__}: {exc})") from exc
     n = plan.inputs.num_rows
+    policy = resolve_network(policy, *src.network_key(plan))
+    settings.split = policy
     split_text = _read_split_file(policy.file, src_loc.options) if policy.file else None
     assignment = assign(
         policy,

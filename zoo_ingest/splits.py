@@ -1,9 +1,13 @@
 """Train/val/test splits: by content hash (default), from a published split file, or none.
 
 Hash split: a row goes to train, val or test by sha256("<seed>:<key>") mapped to [0, 1) against the
-cumulative fractions; the key is the row's `model_id`, or an hparams value (`split_by`, e.g. the training
-run's directory) so that all checkpoints of one run land in the same split. Copies of one network share
-a model_id and therefore a split: duplicates never leak between train and test.
+cumulative fractions. The key names the *network*, so that all checkpoints of one training run land in
+the same split and a metanetwork is never tested on a network it trained on: by default the source's
+own identifying column (`Source.network_key`: the Small CNN Zoo's `modeldir`, the image index of an
+NFN SIREN, the `network_id` of `metazoo generate`), else the hparams value given as `split_by`. A source
+that cannot name its networks is an error asking for `split_by`; `split_by="model_id"` (each
+checkpoint its own network) is an explicit choice, never a silent default. Copies of one network share
+a model_id and therefore a split: duplicates never leak between train and test either way.
 
 Split files (`split_file`), three forms:
   * CSV with a header holding `split` and one key column: `source` (or `file` / `ckpt_file`, so the
@@ -23,10 +27,14 @@ import hashlib
 import io
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from zoo_ingest.sources.base import SourceError, hparam_name
 
 SPLITS = ("train", "val", "test")
 ALL = "all"  # the single partition of `--split none`
+PER_CHECKPOINT = "model_id"  # split_by value: every checkpoint is its own network (hash of its model_id)
+INDEX = "index"  # split_by value: the input's index (nfn-siren: the image the SIREN was fitted to)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class SplitPolicy:
     seed: int = 0
     by: str | None = None
     file: str | None = None
+    network: str | None = None  # what `by` names, in words (from the source), for the card
 
     @classmethod
     def parse(cls, split: str | None = "80/10/10", *, split_file=None, seed=0, by=None) -> SplitPolicy:
@@ -56,6 +65,18 @@ class SplitPolicy:
         if abs(total - 100) > 1e-6 and abs(total - 1) > 1e-6:
             raise ValueError(f"split {split!r}: fractions must add up to 100 (or 1), they add up to {total}")
         return cls(mode="file" if split_file else "hash", fractions=fractions, seed=seed, by=by, file=split_file)
+
+    def describe(self) -> str:
+        """The split rule in words (recorded in the zoo card)."""
+        if self.mode == "none":
+            return f"no split: every row in {ALL!r}"
+        if self.mode == "file":
+            return f"from the split file {self.file}"
+        if self.by == PER_CHECKPOINT:
+            return "per checkpoint: hash of model_id (asked for with split_by='model_id')"
+        what = f" ({self.network})" if self.network else ""
+        key = "the input index" if self.by == INDEX else f"hparams[{self.by!r}]"
+        return f"per network: hash of {key}{what}; all checkpoints of a network share a split"
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -78,6 +99,7 @@ class SplitPolicy:
             "seed": self.seed,
             "by": self.by,
             "file": self.file,
+            "rule": self.describe(),
         }
 
 
@@ -95,14 +117,49 @@ def assign(policy: SplitPolicy, sources, indices, steps, hparams, split_file_tex
     if policy.mode == "none":
         return SplitAssignment([ALL] * n)
     if policy.mode == "hash":
-        if not policy.by:
+        if policy.by is None or policy.by == PER_CHECKPOINT:
             return SplitAssignment([None] * n)
-        out = []
-        for h in hparams:
-            value = json.loads(h).get(policy.by) if h else None
-            out.append(None if value is None else policy.by_hash(f"{policy.by}={value}"))
-        return SplitAssignment(out)
+        name, values = network_values(policy.by, sources, indices, hparams)
+        return SplitAssignment([policy.by_hash(f"{name}={v}") for v in values])
     return _from_file(policy, split_file_text or "", sources, indices, steps)
+
+
+def network_values(by: str, sources, indices, hparams) -> tuple[str, list]:
+    """(key, each row's value of the network key `by`): INDEX or an hparams key (`config.`/`hparam.`
+    prefix optional). A row without a value is an error naming it, never a silent per-checkpoint split."""
+    name = by
+    if by == INDEX:
+        values = list(indices)
+        missing = "has no index (its file name does not match --index-pattern)"
+    else:
+        parsed = [json.loads(h) if h else {} for h in hparams]
+        keys = sorted({k for p in parsed for k in p})
+        name = by if by in keys or hparam_name(by) not in keys else hparam_name(by)
+        if parsed and name not in keys:
+            raise SourceError(
+                f"--split-by {by!r}: no checkpoint has this hyper-parameter (hyper-parameters: {keys}); "
+                f"name a column that identifies each network, or --split-by {PER_CHECKPOINT} to split per checkpoint"
+            )
+        values = [p.get(name) for p in parsed]
+        missing = f"has no value for --split-by {by!r}"
+    for row, value in enumerate(values):
+        if value is None:
+            raise SourceError(f"{sources[row]} {missing}, so its network cannot be kept in one split")
+    return name, values
+
+
+def resolve_network(policy: SplitPolicy, key: str | None, what: str) -> SplitPolicy:
+    """A hash split without `by` takes the source's network key (`what` says what it names, or why
+    there is none); a source without one is an error."""
+    if policy.mode != "hash" or policy.by is not None:
+        return policy
+    if key is None:
+        raise SourceError(
+            f"{what}; a split per checkpoint would put checkpoints of one network in train and test. "
+            f"Pass --split-by HPARAM (a column naming each network's training run), --split-file, "
+            f"or --split-by {PER_CHECKPOINT} if every checkpoint is a network of its own"
+        )
+    return replace(policy, by=key, network=what)
 
 
 def _from_file(policy, text, sources, indices, steps) -> SplitAssignment:

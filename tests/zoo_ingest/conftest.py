@@ -57,8 +57,11 @@ def write_smallcnnzoo(
     missing_metric_rows=(),
     drop_last_variable: bool = False,
     channels: int = 4,
+    modeldir: bool = True,
 ) -> dict:
-    """A Small CNN Zoo folder of `n` checkpoints (relu and tanh alternate in runs of 3, steps 0/1/2).
+    """A Small CNN Zoo folder of `n` checkpoints in the published layout: one network per run of 3
+    rows (steps 0/1/2, named by the `modeldir` column unless `modeldir=False`), relu and tanh
+    networks alternating.
 
     Returns {"state_dicts": [...], "activations": [...], "steps": [...], "accuracy": [...]} in row order.
     """
@@ -98,11 +101,14 @@ def write_smallcnnzoo(
                 "config.activation",
                 "config.learning_rate",
                 "config.dataset",
+                "config.random_seed",
+                *(["modeldir"] if modeldir else []),
             ]
         )
         for i in range(n):
             acc = "" if accs[i] is None else accs[i]
-            w.writerow([steps[i], acc, 0.5, 1.0 + i, 0.9, acts[i], 0.01 * (1 + i % 4), "mnist"])
+            run = [f"/cns/zoo/mnist/run-{i // 3:04d}"] if modeldir else []
+            w.writerow([steps[i], acc, 0.5, 1.0 + i, 0.9, acts[i], 0.01 * (1 + i % 4), "mnist", 42, *run])
     if drop_last_variable:
         layout = layout[:-1]
     with open(root / "layout.csv", "w", newline="") as f:
@@ -218,8 +224,13 @@ def table_rows():
 
 
 AWS_VARS = (
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
 )
 
 

@@ -50,7 +50,14 @@ def test_both_cards_disagreeing_name_both_files(table):
 
 def test_overwrite_removes_both_cards_first(table, tmp_path):
     (table / "zoo.json").write_bytes((table / "_zoo.json").read_bytes())
-    ingest(str(tmp_path / "zoo"), str(table), "smallcnnzoo", split="50/25/25", overwrite=True, use_ray=False,
-           progress=False)
+    ingest(
+        str(tmp_path / "zoo"),
+        str(table),
+        "smallcnnzoo",
+        split="50/25/25",
+        overwrite=True,
+        use_ray=False,
+        progress=False,
+    )
     assert not (table / "zoo.json").exists()
     assert open_table(str(table)).card["settings"]["split"]["fractions"] == [0.5, 0.25, 0.25]

@@ -132,8 +132,11 @@ def test_ingest_and_storage_errors_from_any_command_print_one_line(monkeypatch, 
     import cluster.commands.pipeline as command
     from zoo_ingest import IngestError, StorageError
 
-    for exc in (IngestError("t: already holds a complete weight table; pass --overwrite"),
-                StorageError("destination s3://b/t is not writable: permission denied")):
+    for exc in (
+        IngestError("t: already holds a complete weight table; pass --overwrite"),
+        StorageError("destination s3://b/t is not writable: permission denied"),
+    ):
+
         def fail(args, exc=exc):
             raise exc
 

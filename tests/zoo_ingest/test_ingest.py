@@ -104,9 +104,11 @@ def test_bad_checkpoints_are_rejected_with_reasons(tmp_path, zoo_writers, ray_lo
     root = _bad_checkpoints(tmp_path, zoo_writers)
     with open(root / "metadata.csv", "a") as f:
         f.write("whole.pt,7,,0.2,relu,0.01\n")  # test_accuracy missing: a null, not a reject
-    bare = ingest(str(root), str(tmp_path / "bare"), "checkpoints", progress=False)
+    bare = ingest(str(root), str(tmp_path / "bare"), "checkpoints", split_by="model_id", progress=False)
     assert bare.rejects["no_activation"] == 2  # nan.pt and wider.pt have no metadata row
-    summary = ingest(str(root), str(tmp_path / "table"), "checkpoints", activation="relu", progress=False)
+    summary = ingest(
+        str(root), str(tmp_path / "table"), "checkpoints", activation="relu", split_by="model_id", progress=False
+    )
     assert summary.inputs == 12 and summary.rows == 7
     assert summary.rejects == {"corrupt": 2, "needs_pickle": 1, "non_finite": 1, "shape_mismatch": 1}
     table = open_table(str(tmp_path / "table"))
@@ -121,11 +123,23 @@ def test_bad_checkpoints_are_rejected_with_reasons(tmp_path, zoo_writers, ray_lo
         rows.update(zip(targets["model_id"], targets["test_accuracy"].tolist()))
     assert sum(np.isnan(v) for v in rows.values()) == 1 and len(rows) == 7
     trusted = ingest(
-        str(root), str(tmp_path / "trusted"), "checkpoints", activation="relu", allow_pickle=True, progress=False
+        str(root),
+        str(tmp_path / "trusted"),
+        "checkpoints",
+        activation="relu",
+        allow_pickle=True,
+        split_by="model_id",
+        progress=False,
     )
     assert trusted.rows == 8 and "needs_pickle" not in trusted.rejects
     kept = ingest(
-        str(root), str(tmp_path / "all_shapes"), "checkpoints", activation="relu", shapes="all", progress=False
+        str(root),
+        str(tmp_path / "all_shapes"),
+        "checkpoints",
+        activation="relu",
+        shapes="all",
+        split_by="model_id",
+        progress=False,
     )
     assert kept.rows == 8 and len(open_table(str(tmp_path / "all_shapes")).archs) == 2
 
@@ -292,7 +306,15 @@ def test_copies_of_a_network_share_model_id_and_split(tmp_path, zoo_writers):
     zoo_writers.checkpoints(root, n=6, with_metadata=False)
     for copy in range(3):
         shutil.copy(root / "run0/epoch_1.pt", root / f"copy{copy}.pt")  # the same network, three more times
-    summary = ingest(str(root), str(tmp_path / "t"), "checkpoints", activation="relu", use_ray=False, progress=False)
+    summary = ingest(
+        str(root),
+        str(tmp_path / "t"),
+        "checkpoints",
+        activation="relu",
+        split_by="model_id",
+        use_ray=False,
+        progress=False,
+    )
     table = open_table(str(tmp_path / "t"))
     assert summary.duplicates == 3 and table.card["duplicates"] == {"rows": 3, "model_ids": 1}
     placed = {}

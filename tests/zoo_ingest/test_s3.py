@@ -10,6 +10,8 @@ from zoo_ingest import ingest, open_table, to_weight_space
 from zoo_ingest.storage import Location
 
 pytestmark = pytest.mark.ray
+
+
 def test_ingest_to_s3_and_read_back_with_open_table_and_ray_data(
     tmp_path, zoo_writers, s3_server, clean_env, ray_local
 ):

@@ -36,7 +36,7 @@ def test_smallcnnzoo_converts_tf_order_to_torch(tmp_path, zoo_writers):
     source = make_source("smallcnnzoo", Location(str(tmp_path / "zoo")), block_rows=5)
     plan = source.plan()
     assert plan.inputs.num_rows == 12 and plan.metrics == ["test_accuracy", "train_accuracy", "test_loss", "train_loss"]
-    assert plan.hparam_keys == ["learning_rate", "dataset"]
+    assert plan.hparam_keys == ["learning_rate", "dataset", "random_seed", "modeldir"]
     assert plan.inputs["test_accuracy"][2].as_py() is None  # missing metric: null, not a reject
     assert plan.inputs["step"].to_pylist() == info["steps"]
     batches, rejects = read_all(source, plan.inputs)

@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from zoo_ingest.splits import ALL, SplitPolicy, assign
+from zoo_ingest.sources.base import SourceError
+from zoo_ingest.splits import ALL, INDEX, PER_CHECKPOINT, SplitPolicy, assign, resolve_network
 
 
 def test_parse_fractions_and_none():
@@ -33,11 +34,41 @@ def test_hash_split_is_deterministic_and_follows_fractions():
 
 def test_split_by_hparam_keeps_a_run_together():
     policy = SplitPolicy.parse("50/25/25", by="run")
-    hparams = [json.dumps({"run": f"r{i // 4}"}) for i in range(400)] + ["{}"]
-    out = assign(policy, ["x"] * 401, [None] * 401, [None] * 401, hparams, None).rows
+    hparams = [json.dumps({"run": f"r{i // 4}"}) for i in range(400)]
+    out = assign(policy, ["x"] * 400, [None] * 400, [None] * 400, hparams, None).rows
     for run in range(100):
         assert len(set(out[run * 4 : run * 4 + 4])) == 1
-    assert out[-1] is None  # no such hparam: decided from model_id later
+    assert len(set(out)) == 3
+    # a row without the value is an error naming it, never a silent split per checkpoint
+    with pytest.raises(SourceError, match="lonely.pt has no value for --split-by 'run'"):
+        assign(policy, ["a.pt", "lonely.pt"], [None] * 2, [None] * 2, [hparams[0], "{}"], None)
+    with pytest.raises(SourceError, match="'run': no checkpoint has this hyper-parameter"):
+        assign(policy, ["a.pt"], [None], [None], [json.dumps({"lr": 0.1})], None)
+    # prefixed column names as they appear in the metadata are accepted
+    prefixed = SplitPolicy.parse("50/25/25", by="hparam.run")
+    assert assign(prefixed, ["x"] * 400, [None] * 400, [None] * 400, hparams, None).rows == out
+
+
+def test_split_by_index_and_per_checkpoint_only_when_asked():
+    by_index = SplitPolicy.parse("50/25/25", by=INDEX)
+    out = assign(by_index, ["a", "b", "c", "d"], [3, 3, 4, 4], [None] * 4, ["{}"] * 4, None).rows
+    assert out[0] == out[1] and out[2] == out[3] and None not in out
+    with pytest.raises(SourceError, match="c.pth has no index"):
+        assign(by_index, ["a", "c.pth"], [3, None], [None] * 2, ["{}"] * 2, None)
+    per = SplitPolicy.parse("50/25/25", by=PER_CHECKPOINT)
+    assert assign(per, ["a"], [None], [None], ["{}"], None).rows == [None]  # hashed from model_id in the task
+    assert "per checkpoint" in per.to_dict()["rule"]
+
+
+def test_resolve_network_takes_the_source_key_or_asks_for_split_by():
+    policy = resolve_network(SplitPolicy.parse("80/10/10"), "modeldir", "the training run")
+    assert policy.by == "modeldir" and "per network" in policy.describe() and "the training run" in policy.describe()
+    explicit = SplitPolicy.parse("80/10/10", by="run")
+    assert resolve_network(explicit, "modeldir", "x") is explicit
+    assert resolve_network(SplitPolicy.parse("none"), None, "x").mode == "none"
+    assert resolve_network(SplitPolicy.parse(split_file="s.csv"), None, "x").mode == "file"
+    with pytest.raises(SourceError, match="no modeldir column.*--split-by HPARAM.*--split-by model_id"):
+        resolve_network(SplitPolicy.parse("80/10/10"), None, "metrics.csv.gz has no modeldir column")
 
 
 def test_csv_split_file_by_source_and_unlisted_rows():

@@ -12,8 +12,15 @@ from zoo_ingest.generate import generate
 def test_generated_transformer_zoo_round_trips_through_a_table(tmp_path):
     zoo, table_uri = tmp_path / "zoo", tmp_path / "table"
     generate("digits-transformer", str(zoo), n=6, seed=0, workers=0, progress=False, summary=False)
-    summary = ingest(str(zoo), str(table_uri), format="checkpoints", zoo="digits-transformer", split="none",
-                     use_ray=False, progress=False)
+    summary = ingest(
+        str(zoo),
+        str(table_uri),
+        format="checkpoints",
+        zoo="digits-transformer",
+        split="none",
+        use_ray=False,
+        progress=False,
+    )
     files = sorted(zoo.glob("*.safetensors"))
     assert summary.rows == len(files) and summary.rejected == 0
     table = open_table(str(table_uri))

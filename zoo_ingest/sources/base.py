@@ -91,6 +91,12 @@ class Source:
     def read(self, inputs: pa.Table) -> Iterator[WeightBatch | Reject]:
         raise NotImplementedError
 
+    def network_key(self, plan: Plan) -> tuple[str | None, str]:
+        """(key, what it names): the column that identifies each network, so that a network's
+        checkpoints share a split (`splits.INDEX` or an hparams key); (None, why not) when the source
+        cannot name its networks."""
+        return None, f"{self.location.url}: the {self.format} source does not name the network of each checkpoint"
+
     def settings(self) -> dict:
         """Options that decide the rows (recorded in the zoo card and the ingest fingerprint)."""
         return dict(self.options)

@@ -46,9 +46,11 @@ from zoo_ingest.sources.base import (
     read_text,
 )
 from zoo_ingest.sources.loading import CHECKPOINT_SUFFIXES, read_files
+from zoo_ingest.splits import INDEX
 from zoo_ingest.storage import Location
 
 log = logging.getLogger(__name__)
+NETWORK_ID = "network_id"  # metadata column naming each training run (metazoo generate writes it)
 FILE_COLUMNS = ("ckpt_file", "file", "filename", "path", "checkpoint", "source")
 
 
@@ -107,6 +109,12 @@ class NFNSiren(Source):
             hparams=pa.array(["{}"] * n, pa.string()),
         ).append_column("bytes", pa.array(sizes, pa.int64()))
         return Plan(inputs, [], [], {"files": files}, row_bytes=_mean_size(files))
+
+    def network_key(self, plan: Plan) -> tuple[str | None, str]:
+        """A SIREN encodes one image, named by the index in its file name (NFN's loaders pair
+        `net<idx>.pth` with image idx of the dataset); copies fitted to the same image (NFN's
+        `..._aug<k>_<label>s/` folders) share it, so they share a split."""
+        return INDEX, "the image the SIREN was fitted to: the index in its file name"
 
     def read(self, inputs: pa.Table) -> Iterator[WeightBatch | Reject]:
         yield from read_files(
@@ -176,6 +184,16 @@ class Checkpoints(Source):
         hkeys = [hparam_name(h) for h in roles["hparams"]] if roles else []
         listing = {"files": files, "pattern": self.pattern, "metadata_sha256": digest}
         return Plan(inputs, roles["metrics"] if roles else [], hkeys, listing, row_bytes=_mean_size(files))
+
+    def network_key(self, plan: Plan) -> tuple[str | None, str]:
+        """`network_id` of the metadata (as `metazoo generate` writes it); other folders do not say
+        which checkpoints belong to one training run."""
+        if NETWORK_ID in plan.hparam_keys:
+            return NETWORK_ID, "metadata column network_id"
+        return None, (
+            f"{self.location.url}: the metadata has no {NETWORK_ID!r} column, so it does not name "
+            "each checkpoint's network"
+        )
 
     def read(self, inputs: pa.Table) -> Iterator[WeightBatch | Reject]:
         allow = bool(self.options.get("allow_pickle"))

@@ -47,6 +47,7 @@ from zoo_ingest.sources.base import (
     read_text,
 )
 
+MODELDIR = "modeldir"  # metrics.csv.gz column naming each training run
 VARNAME = re.compile(r"^(?:.*/)?(conv2d|dense)(?:_(\d+))?/(kernel|bias)(?::\d+)?$")
 
 
@@ -209,6 +210,15 @@ class SmallCNNZoo(Source):
         listing = {"weights.npy": [list(weights.shape), file_version(info)], "metadata_sha256": digest.hexdigest()}
         hkeys = [hparam_name(h) for h in roles["hparams"]]
         return Plan(inputs, roles["metrics"], hkeys, listing, row_bytes=4 * sum(v.end - v.start for v in variables))
+
+    def network_key(self, plan: Plan) -> tuple[str | None, str]:
+        """The published metrics name each training run by `modeldir` (its training directory; every
+        run's 9 checkpoints share it). `config.random_seed` is 42 for all runs, so the
+        hyper-parameters do not identify a run."""
+        if MODELDIR in plan.hparam_keys:
+            return MODELDIR, "metrics column modeldir: the training run of each checkpoint"
+        name = "metrics.csv.gz" if self.location.exists("metrics.csv.gz") else "metrics.csv"
+        return None, f"{self.location.url_of(name)} has no {MODELDIR!r} column to name each checkpoint's network"
 
     def read(self, inputs: pa.Table) -> Iterator[WeightBatch | Reject]:
         weights = NpyRows(self.location, "weights.npy")
