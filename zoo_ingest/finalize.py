@@ -4,9 +4,10 @@
    than most of them are rejected as `shape_mismatch` (their rows go to `_rejects/shape-mismatch.parquet`,
    written before their shards are deleted, so a crash here loses nothing). `shapes="all"` keeps every
    shape as an architecture of its own.
-2. Every shard is read back (its `model_id` column): row counts must match the chunk markers, and
+2. Small shards are merged into shards of about the target size (`zoo_ingest.compact`).
+3. Every shard is read back (its `model_id` column): row counts must match the chunk markers, and
    repeated model_ids (copies of one network) are counted.
-3. The zoo card (`_zoo.json`) is written, last. Input count = rows + rejects is checked before it is.
+4. The zoo card (`_zoo.json`) is written, last. Input count = rows + rejects is checked before it is.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 from metanets.specs import spec_from_dict
 from zoo_ingest.card import write_card
 from zoo_ingest.chunk import REJECT_SCHEMA
+from zoo_ingest.compact import CompactionError, compact
 from zoo_ingest.sources.base import SHAPE_MISMATCH
 from zoo_ingest.storage import Location
 
@@ -146,7 +148,14 @@ def _settle_shapes(dest: Location, files: list[dict], specs: dict[str, dict], ar
 
 
 def finalize(
-    dest: Location, markers: list[dict], plan, settings, source_url: str, fingerprint: str, schema_version: int
+    dest: Location,
+    markers: list[dict],
+    plan,
+    settings,
+    source_url: str,
+    fingerprint: str,
+    schema_version: int,
+    compact_hook=None,
 ) -> dict:
     files = [f for m in markers for f in m["files"]]
     specs = {a: s for m in markers for a, s in m["specs"].items()}
@@ -163,6 +172,10 @@ def finalize(
         rejects[SHAPE_MISMATCH] += n_mismatch
         reject_files.append(MISMATCH_FILE)
     files = [f for f in files if f["arch_id"] not in losers]
+    try:
+        files = compact(dest, files, specs, settings.write, fingerprint, compact_hook)
+    except CompactionError as exc:
+        raise IngestError(str(exc)) from exc
 
     afs, _ = dest.arrow()
     ids = Counter()

@@ -83,6 +83,7 @@ def ingest(
     compression: str = "zstd",
     shard_mb: float = 128,
     row_group_mb: float = 32,
+    compact_mb: float | None = None,
     chunk_rows: int | None = None,
     shapes: str = "majority",
     overwrite: bool = False,
@@ -93,6 +94,7 @@ def ingest(
     num_cpus: int | None = None,
     progress: bool = True,
     task_hook=None,
+    compact_hook=None,
 ) -> IngestSummary:
     """Ingest the zoo at `source` (format `smallcnnzoo`, `nfn-siren` or `checkpoints`) into a table at `out`.
 
@@ -101,10 +103,15 @@ def ingest(
     `source_options` are format options (`glob`, `label_pattern`, `index_pattern`, `metadata`, ...).
     `use_ray=False` runs the chunks in this process (debugging, tiny zoos). `task_hook(chunk, n_files)`
     is called in the task after each published shard (tests use it to kill a worker mid-chunk).
+    `compact_mb` is the target size of the shards that compaction merges the small per-chunk shards
+    into (default `shard_mb`; 0 keeps them); `compact_hook(phase, bin)` is called as compaction goes
+    (`zoo_ingest.compact.compact`; tests raise in it to interrupt it).
     Returns the summary; raises SourceError, StorageError or IngestError with a message naming the cause.
     """
     if tensor_type not in TENSOR_TYPES:
         raise ValueError(f"tensor_type {tensor_type!r}: choose from {TENSOR_TYPES}")
+    if compact_mb is not None and not compact_mb >= 0:
+        raise ValueError(f"compact_mb {compact_mb!r}: give a size in MiB, or 0 to keep the per-chunk shards")
     if shapes not in ("majority", "all"):
         raise ValueError(f"shapes {shapes!r}: choose 'majority' or 'all'")
     t0 = time.perf_counter()
@@ -120,7 +127,9 @@ def ingest(
         format=format,
         zoo=zoo or os.path.basename(src_loc.url.rstrip("/")) or format,
         split=policy,
-        write=WriteSettings(tensor_type, compression, 1 if compression == "zstd" else None, shard_mb, row_group_mb),
+        write=WriteSettings(
+            tensor_type, compression, 1 if compression == "zstd" else None, shard_mb, row_group_mb, compact_mb
+        ),
         source_options=options,
         chunk_rows=chunk_rows,
         shapes=shapes,
@@ -181,7 +190,7 @@ def ingest(
         task_hook,
     )
     markers = [done.get(k) or new[k] for k, _, _ in chunks]
-    card = finalize(dest, markers, plan, settings, src_loc.url, fingerprint, SCHEMA_VERSION)
+    card = finalize(dest, markers, plan, settings, src_loc.url, fingerprint, SCHEMA_VERSION, compact_hook)
     written = sum(f["bytes"] for m in new.values() for f in m["files"])
     summary = summary_from_card(
         card,

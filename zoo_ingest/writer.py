@@ -32,6 +32,7 @@ class WriteSettings:
     compression_level: int | None = 1
     shard_mb: float = 128
     row_group_mb: float = 32
+    compact_mb: float | None = None  # target of the compaction after the chunks (None: shard_mb; 0: off)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compression", default="zstd", help="Parquet compression (zstd, snappy, lz4, none)")
     g.add_argument("--shard-mb", type=float, default=128, help="target shard size in MiB (default 128)")
     g.add_argument("--row-group-mb", type=float, default=32, help="row group size in MiB (default 32)")
+    g.add_argument(
+        "--compact-mb",
+        type=float,
+        help="merge small per-chunk shards into shards of about this many MiB (default: --shard-mb; 0: keep them)",
+    )
     g.add_argument("--chunk-rows", type=int, help="checkpoints per Ray task (default: about one shard)")
     g.add_argument("--overwrite", action="store_true", help="replace a complete table made from other input")
     g = parser.add_argument_group("storage and Ray")
@@ -94,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             compression=args.compression,
             shard_mb=args.shard_mb,
             row_group_mb=args.row_group_mb,
+            compact_mb=args.compact_mb,
             chunk_rows=args.chunk_rows,
             shapes=args.shapes,
             overwrite=args.overwrite,
