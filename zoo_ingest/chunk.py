@@ -1,7 +1,7 @@
 """One ingest task: read a chunk of the inputs, validate, hash, split and write its shards.
 
 A chunk is a fixed run of input rows. Its task writes its shards and its rejects, and only then its
-marker `_manifest/chunk-<k>.json` (the files, row counts and rejects). A chunk with a marker is done; a
+marker `_manifest/_chunk-<k>.json` (the files, row counts and rejects). A chunk with a marker is done; a
 rerun skips it. A chunk without one is redone from scratch under the same file names.
 """
 
@@ -25,12 +25,14 @@ from zoo_ingest.writer import ShardWriter, WriteSettings
 REJECT_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
+# Files in the `_` folders have `_` names too: readers that skip hidden files but not hidden folders
+# (polars' `hidden_file_prefix`) then read the table's folder as the shards alone.
 def marker_name(chunk: int) -> str:
-    return f"_manifest/chunk-{chunk:05d}.json"
+    return f"_manifest/_chunk-{chunk:05d}.json"
 
 
 def rejects_name(chunk: int) -> str:
-    return f"_rejects/part-{chunk:05d}.parquet"
+    return f"_rejects/_part-{chunk:05d}.parquet"
 
 
 @dataclass

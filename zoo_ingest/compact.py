@@ -9,7 +9,7 @@ same rows, same ids, same order within a partition's merged shards.
 
 Crash safety, so that a compaction interrupted anywhere loses no row and doubles none on rerun:
   1. the plan (which inputs go to which output) is computed from the chunk markers and written first,
-     to `_manifest/compact.json`, with the ingest's fingerprint; a rerun reuses it as it is;
+     to `_manifest/_compact.json`, with the ingest's fingerprint; a rerun reuses it as it is;
   2. per bin: the merged output is written to a spool and published atomically, then its inputs are
      deleted. On rerun a published output means the bin is done (its leftover inputs are deleted);
      an unpublished one means every input is still there, and the bin is merged again.
@@ -31,7 +31,7 @@ from metanets.specs import spec_from_dict
 from zoo_ingest.storage import Location
 from zoo_ingest.writer import MiB, WriteSettings, parquet_options
 
-PLAN = "_manifest/compact.json"
+PLAN = "_manifest/_compact.json"
 
 
 class CompactionError(RuntimeError):

@@ -1,7 +1,7 @@
 """The last step of an ingest, on the driver: check the shards, settle shapes, write the zoo card.
 
 1. Shape check (`shapes="majority"`): checkpoints with the same keys and activation but other shapes
-   than most of them are rejected as `shape_mismatch` (their rows go to `_rejects/shape-mismatch.parquet`,
+   than most of them are rejected as `shape_mismatch` (their rows go to `_rejects/_shape-mismatch.parquet`,
    written before their shards are deleted, so a crash here loses nothing). `shapes="all"` keeps every
    shape as an architecture of its own.
 2. Small shards are merged into shards of about the target size (`zoo_ingest.compact`).
@@ -26,7 +26,7 @@ from zoo_ingest.compact import CompactionError, compact
 from zoo_ingest.sources.base import SHAPE_MISMATCH
 from zoo_ingest.storage import Location
 
-MISMATCH_FILE = "_rejects/shape-mismatch.parquet"
+MISMATCH_FILE = "_rejects/_shape-mismatch.parquet"
 
 
 class IngestError(RuntimeError):

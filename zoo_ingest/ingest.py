@@ -34,7 +34,7 @@ from zoo_ingest.writer import WriteSettings
 
 log = logging.getLogger(__name__)
 TABLE_ENTRIES = re.compile(r"^(_?zoo\.json|_manifest|_rejects|_probe-\w+|arch=[^/]+|\..*)$")
-PART = re.compile(r"part-(\d+)(?:-\d+)?\.parquet$")
+PART = re.compile(r"_?part-(\d+)(?:-\d+)?\.parquet$")  # shards and rejects of a chunk
 
 
 @dataclass
@@ -259,7 +259,7 @@ def _prepare(dest: Location, fingerprint: str, replace: bool) -> None:
 
 def _markers(dest: Location) -> list[dict]:
     out = []
-    for rel in dest.glob("_manifest/chunk-*.json"):
+    for rel in dest.glob("_manifest/_chunk-*.json"):
         try:
             out.append(json.loads(dest.read_bytes(rel)))
         except (FileNotFoundError, ValueError):

@@ -188,7 +188,7 @@ def test_crash_leaves_no_partial_files_and_rerun_finishes(tmp_path, zoo_writers,
             progress=False,
             task_hook=FailAfter(chunk=3, files=1),
         )
-    assert not (out / "_zoo.json").exists() and (out / "_manifest/chunk-00002.json").exists()
+    assert not (out / "_zoo.json").exists() and (out / "_manifest/_chunk-00002.json").exists()
     assert list(out.glob("arch=*/split=*/part-00003-*.parquet"))  # published before the crash
     (out / "arch=x/split=train").mkdir(parents=True)
     (out / "arch=x/split=train/.part-00009-000.parquet.abc.tmp").write_bytes(b"PAR1 half")  # killed writer
