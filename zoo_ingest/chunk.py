@@ -8,6 +8,7 @@ rerun skips it. A chunk without one is redone from scratch under the same file n
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,8 +48,39 @@ class ChunkJob:
     fingerprint: str
 
 
-def run_chunk(job: ChunkJob, split_by_model_id: dict | None = None, hook: Callable | None = None) -> dict:
-    """Process one chunk and return its marker (also written to `_manifest/`)."""
+class Progress:
+    """Counts a chunk's inputs as they are read and handed to the writer, and sends the running count
+    `send(chunk, rows_done)` at most every `every` seconds (and once at the end): a progress bar then
+    moves per batch of rows, not per finished chunk. A retried chunk starts again from 0."""
+
+    def __init__(self, send: Callable[[int, int], None] | None, chunk: int, every: float = 0.0):
+        self.send, self.chunk, self.every = send, chunk, every
+        self.done, self.last = 0, time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.send is not None and now - self.last >= self.every:
+            self.last = now
+            self.send(self.chunk, self.done)
+
+    def close(self) -> None:
+        if self.send is not None:
+            self.send(self.chunk, self.done)
+
+
+def run_chunk(
+    job: ChunkJob,
+    split_by_model_id: dict | None = None,
+    hook: Callable | None = None,
+    report: Callable[[int, int], None] | None = None,
+    report_every: float = 0.0,
+) -> dict:
+    """Process one chunk and return its marker (also written to `_manifest/`).
+
+    `report(chunk, rows_done)` gets the running count of inputs done (read, checked and buffered or
+    written), per batch of rows the source yields, at most every `report_every` seconds."""
+    progress = Progress(report, job.chunk, report_every)
     inputs = job.inputs
     names = inputs["source"].to_pylist()
     presplit = inputs["split"].to_pylist()
@@ -60,6 +92,7 @@ def run_chunk(job: ChunkJob, split_by_model_id: dict | None = None, hook: Callab
         for item in job.source.read(inputs):
             if isinstance(item, Reject):
                 rejects.append((names[item.row], item.reason, item.detail))
+                progress.add(1)
                 continue
             specs[item.spec.arch_id] = item.spec.to_dict()
             for split, pos, ids in _route(item, names, presplit, job.split, split_by_model_id, rejects):
@@ -67,6 +100,7 @@ def run_chunk(job: ChunkJob, split_by_model_id: dict | None = None, hook: Callab
                 table = table.add_column(0, "model_id", pa.array(ids, pa.string()))
                 whole = len(pos) == len(item.rows)
                 writer.add(item.spec, split, table, item.tensors, None if whole else pos)
+            progress.add(len(item.rows))
         files = writer.close()
     except BaseException:
         writer.abort()
@@ -87,6 +121,7 @@ def run_chunk(job: ChunkJob, split_by_model_id: dict | None = None, hook: Callab
         "specs": specs,
     }
     job.dest.write_bytes(marker_name(job.chunk), json.dumps(marker, indent=1).encode())
+    progress.close()
     return marker
 
 

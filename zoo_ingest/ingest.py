@@ -18,13 +18,15 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from zoo_ingest.card import delete_cards, read_card
-from zoo_ingest.chunk import ChunkJob, run_chunk
+from zoo_ingest.chunk import ChunkJob
 from zoo_ingest.finalize import IngestError, IngestSummary, finalize, summary_from_card
+from zoo_ingest.runner import run_chunks
 from zoo_ingest.schema import DEFAULT_TENSOR_TYPE, SCHEMA_VERSION, TENSOR_TYPES
 from zoo_ingest.sources import make_source
 from zoo_ingest.sources.base import SourceError
@@ -92,7 +94,7 @@ def ingest(
     use_ray: bool = True,
     ray_address: str | None = None,
     num_cpus: int | None = None,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
     task_hook=None,
     compact_hook=None,
 ) -> IngestSummary:
@@ -101,8 +103,10 @@ def ingest(
     `storage_options` configure `out` (and `source`, unless `source_storage_options` is given); for S3:
     `endpoint_url`, `region`, `key`, `secret`, `token` override the AWS_* environment variables.
     `source_options` are format options (`glob`, `label_pattern`, `index_pattern`, `metadata`, ...).
-    `use_ray=False` runs the chunks in this process (debugging, tiny zoos). `task_hook(chunk, n_files)`
-    is called in the task after each published shard (tests use it to kill a worker mid-chunk).
+    `use_ray=False` runs the chunks in this process (debugging, tiny zoos). `progress`: a bar on
+    stderr that moves per batch of checkpoints read and written, or a callable `progress(done, total)`.
+    `task_hook(chunk, n_files)` is called in the task after each published shard (tests use it to kill
+    a worker mid-chunk).
     `compact_mb` is the target size of the shards that compaction merges the small per-chunk shards
     into (default `shard_mb`; 0 keeps them); `compact_hook(phase, bin)` is called as compaction goes
     (`zoo_ingest.compact.compact`; tests raise in it to interrupt it).
@@ -179,7 +183,7 @@ def ingest(
         ChunkJob(k, inputs.take(pa.array(range(lo, hi))), src, dest, plan.metrics, settings.write, policy, fingerprint)
         for k, lo, hi in todo
     ]
-    new = _run(
+    new = run_chunks(
         jobs,
         assignment.by_model_id,
         use_ray,
@@ -280,41 +284,3 @@ def _delete_unfinished(dest: Location, done: set[int]) -> None:
         if name.startswith(".") or (m and int(m.group(1)) not in done):
             doomed.append(rel)
     dest.delete(doomed)
-
-
-def _run(jobs, by_model_id, use_ray, address, num_cpus, progress, total, hook) -> dict[int, dict]:
-    from tqdm.auto import tqdm
-
-    # shown in logs too (Ray jobs have no terminal); TQDM_DISABLE=1 or progress=False hide it
-    bar = tqdm(total=total, unit="ckpt", desc="ingest", **({} if progress else {"disable": True}))
-    results: dict[int, dict] = {}
-    failures: list[str] = []
-    try:
-        if not use_ray:
-            for job in jobs:
-                results[job.chunk] = run_chunk(job, by_model_id, hook)
-                bar.update(job.inputs.num_rows)
-            return results
-        import ray
-
-        from zoo_ingest.ray_runtime import ensure_ray
-
-        ensure_ray(address, num_cpus)
-        task = ray.remote(num_cpus=1, max_retries=3)(run_chunk)
-        ref = ray.put(by_model_id) if by_model_id is not None else None
-        pending = {task.remote(job, ref, hook): job for job in jobs}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(ready[0])
-            try:
-                results[job.chunk] = ray.get(ready[0])
-            except Exception as exc:  # keep going: finished chunks keep their markers for the rerun
-                failures.append(f"chunk {job.chunk} ({job.inputs['source'][0]} ...): {exc}")
-            bar.update(job.inputs.num_rows)
-    finally:
-        bar.close()
-    if failures:
-        raise IngestError(
-            f"{len(failures)} chunk(s) failed; rerun the same command to finish the table.\n" + "\n".join(failures)
-        )
-    return results

@@ -255,13 +255,17 @@ class WeightTable:
     @staticmethod
     def _read(units, columns, afs) -> Iterator[pa.RecordBatch]:
         """One record batch per unit (row group), in order: a file's consecutive row groups in one reader,
-        one row group in memory at a time, columns decoded in parallel."""
+        one row group in memory at a time, columns decoded in parallel.
+
+        Each row group is its own `iter_batches` call: given several, pyarrow pre-buffers all of them
+        at once, so a compacted shard of many row groups would be held whole."""
         for path, run in itertools.groupby(units, key=lambda u: u[0]):
             run = list(run)
             footer = run[0][2]
-            rows = max(footer.row_group(u[1]).num_rows for u in run)
             pf = pq.ParquetFile(path, metadata=footer, filesystem=afs)
-            yield from pf.iter_batches(batch_size=max(rows, 1), row_groups=[u[1] for u in run], columns=columns)
+            for _, group, _ in run:
+                rows = max(footer.row_group(group).num_rows, 1)
+                yield from pf.iter_batches(batch_size=rows, row_groups=[group], columns=columns)
 
     def _batch(self, table: pa.Table | pa.RecordBatch, spec: NetworkSpec, metrics: list[str]):
         return to_weight_space({k: table[k] for k in spec.keys}, spec), _targets(table, metrics)
