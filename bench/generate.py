@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (the first is the baseline)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process column")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per cell; the best is shown (less noise on a shared machine)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per cell; the best is shown (less noise on a shared machine)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

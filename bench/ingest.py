@@ -8,7 +8,8 @@
 2. Tensor column types: writes and reads a sample of the zoo with each candidate Arrow type (and a few
    compressions) into torch tensors, with pyarrow and with Ray Data's numpy batch conversion.
 3. Write: `zoo_ingest.ingest` (Ray tasks: read, convert to torch order, hash, split, write shards) against
-   plain pyarrow writing the same float32 arrays, with the same Parquet options, into one file.
+   plain pyarrow writing the same float32 arrays, with the same Parquet options, into one file; and
+   the same ingest without compaction (`compact_mb=0`), with the shard counts of both tables.
 4. Read: `open_table(...).batches()` into WeightSpaces against plain pyarrow iterating the plain file
    into torch tensors.
 Goals (issue 3): write >= 0.5 and read >= 0.7 of plain pyarrow.
@@ -261,7 +262,8 @@ def main() -> int:
 
         settings = WriteSettings(DEFAULT_TENSOR_TYPE)
         plain_path, table_uri = os.path.join(work, "plain.parquet"), os.path.join(work, "table")
-        t_plain_w = t_ingest = t_plain_r = t_table_r = cpu_plain_r = cpu_table_r = float("inf")
+        raw_uri = os.path.join(work, "table-raw")
+        t_plain_w = t_ingest = t_raw = t_plain_r = t_table_r = cpu_plain_r = cpu_table_r = float("inf")
         for _ in range(args.repeat):  # alternate the contenders; keep the best of each
             t_plain_w = min(t_plain_w, plain_write(src, plain_path, DEFAULT_TENSOR_TYPE, settings))
             shutil.rmtree(table_uri, ignore_errors=True)
@@ -269,6 +271,10 @@ def main() -> int:
             summary = ingest(src, table_uri, "smallcnnzoo", progress=False)
             t_ingest = min(t_ingest, time.perf_counter() - start)
             assert summary.rows == args.n and not summary.already_complete, summary.format()
+            shutil.rmtree(raw_uri, ignore_errors=True)
+            start = time.perf_counter()
+            ingest(src, raw_uri, "smallcnnzoo", progress=False, compact_mb=0)  # the per-chunk shards as written
+            t_raw = min(t_raw, time.perf_counter() - start)
             seconds, cpu, n_plain = plain_read(plain_path, args.batch_size)
             t_plain_r, cpu_plain_r = min(t_plain_r, seconds), min(cpu_plain_r, cpu)
             seconds, cpu, n_table = table_read(table_uri, args.batch_size)
@@ -283,6 +289,12 @@ def main() -> int:
         print(line("plain pyarrow, one file", t_plain_w))
         print(line("zoo_ingest.ingest (Ray tasks)", t_ingest))
         print(f"  ratio {t_plain_w / t_ingest:.2f} of plain pyarrow (goal >= 0.5)")
+        print(line("ingest without compaction", t_raw))
+        print(f"  compaction: the ingest takes {t_ingest / t_raw:.2f} times as long as without it")
+        for name, uri in (("compacted", table_uri), ("per-chunk", raw_uri)):
+            files = [f for a in open_table(uri).card["architectures"] for f in a["files"]]
+            small = sum(f["bytes"] < settings.shard_mb * 2**20 / 4 for f in files)
+            print(f"  {name:10s} shards: {len(files):4d}, {small:4d} under a quarter of the target")
         print(f"\nread into torch (batches of {args.batch_size}):")
         print(line("plain pyarrow iter_batches", t_plain_r))
         print(line("open_table().batches -> WeightSpace", t_table_r))

@@ -23,10 +23,14 @@ TRANSFORMER_FAMILIES = ["transformer_nfn", "transformer_nfn_quasi"]
 
 def small_cnn_state_dict(gen: torch.Generator) -> dict[str, torch.Tensor]:
     shapes = {
-        "conv1.weight": (16, 1, 3, 3), "conv1.bias": (16,),
-        "conv2.weight": (16, 16, 3, 3), "conv2.bias": (16,),
-        "conv3.weight": (16, 16, 3, 3), "conv3.bias": (16,),
-        "fc.weight": (10, 16), "fc.bias": (10,),
+        "conv1.weight": (16, 1, 3, 3),
+        "conv1.bias": (16,),
+        "conv2.weight": (16, 16, 3, 3),
+        "conv2.bias": (16,),
+        "conv3.weight": (16, 16, 3, 3),
+        "conv3.bias": (16,),
+        "fc.weight": (10, 16),
+        "fc.bias": (10,),
     }
     return {k: 0.3 * torch.randn(*s, generator=gen) for k, s in shapes.items()}
 
@@ -38,8 +42,16 @@ def digits_transformer_state_dict(gen: torch.Generator, num_layers: int = 2) -> 
         p = f"layers.{l}"
         shapes.update({f"{p}.norm1.weight": (16,), f"{p}.norm1.bias": (16,)})
         shapes.update({f"{p}.attn.{m}.weight": (16, 16) for m in ("queries", "keys", "values", "out_projection")})
-        shapes.update({f"{p}.norm2.weight": (16,), f"{p}.norm2.bias": (16,), f"{p}.fc1.weight": (32, 16),
-                       f"{p}.fc1.bias": (32,), f"{p}.fc2.weight": (16, 32), f"{p}.fc2.bias": (16,)})
+        shapes.update(
+            {
+                f"{p}.norm2.weight": (16,),
+                f"{p}.norm2.bias": (16,),
+                f"{p}.fc1.weight": (32, 16),
+                f"{p}.fc1.bias": (32,),
+                f"{p}.fc2.weight": (16, 32),
+                f"{p}.fc2.bias": (16,),
+            }
+        )
     shapes.update({"norm.weight": (16,), "norm.bias": (16,), "classifier.weight": (10, 16), "classifier.bias": (10,)})
     return {k: 0.3 * torch.randn(*s, generator=gen) for k, s in shapes.items()}
 

@@ -15,15 +15,22 @@ import argparse
 import tempfile
 
 
-def run(table: str, model: str, hidden: int, workers: int, epochs: int, batch: int, activation: str | None,
-        cache: str):
+def run(table: str, model: str, hidden: int, workers: int, epochs: int, batch: int, activation: str | None, cache: str):
     from training import load_config, main
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
-            f"data.table={table}", f"model.name={model}", f"model.kwargs={{hidden: {hidden}}}", f"epochs={epochs}",
-            f"batch_size={batch}", f"scaling.num_workers={workers}", "mlflow.enabled=false", "progress=false",
-            f"checkpoint.storage_path={tmp}", f"checkpoint.every_n_epochs={epochs}", f"data.cache={cache}",
+            f"data.table={table}",
+            f"model.name={model}",
+            f"model.kwargs={{hidden: {hidden}}}",
+            f"epochs={epochs}",
+            f"batch_size={batch}",
+            f"scaling.num_workers={workers}",
+            "mlflow.enabled=false",
+            "progress=false",
+            f"checkpoint.storage_path={tmp}",
+            f"checkpoint.every_n_epochs={epochs}",
+            f"data.cache={cache}",
         ]
         if activation:
             overrides.append(f"data.activation={activation}")
@@ -39,16 +46,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--activation", default="relu")
-    parser.add_argument("--cache", default="auto", choices=["auto", "always", "never"],
-                        help="data.cache: keep the training split in the object store across epochs")
+    parser.add_argument(
+        "--cache",
+        default="auto",
+        choices=["auto", "always", "never"],
+        help="data.cache: keep the training split in the object store across epochs",
+    )
     args = parser.parse_args()
     rows = []
     for workers in (1, 2):
-        m = run(args.table, args.model, args.hidden, workers, args.epochs, args.batch_size, args.activation,
-                args.cache)
+        m = run(args.table, args.model, args.hidden, workers, args.epochs, args.batch_size, args.activation, args.cache)
         rows.append((workers, m["train_networks_per_s"], m["data_wait_fraction"]))
-    print(f"{args.model} (hidden {args.hidden}), batch {args.batch_size} per worker, last epoch of {args.epochs}, "
-          f"data.cache={args.cache}")
+    print(
+        f"{args.model} (hidden {args.hidden}), batch {args.batch_size} per worker, last epoch of {args.epochs}, "
+        f"data.cache={args.cache}"
+    )
     print(f"{'workers':>8}{'networks/s':>12}{'data wait':>12}")
     for w, rate, wait in rows:
         print(f"{w:>8}{rate:>12.1f}{wait * 100:>11.1f}%")

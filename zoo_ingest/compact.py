@@ -3,9 +3,12 @@
 Every chunk writes its own shards per (architecture, split), so the splits that get few rows of a
 chunk (val and test at 10% each) and the last shard of every partition come out small: many files of a
 few MB beside full ones, and an object store charges its per-file overhead for each, every epoch. After
-the chunks and the shape check, the small shards of each partition (those under the target) are
-merged, in path order, into shards of about the target (`compact_mb`, default `shard_mb`):
-same rows, same ids, same order within a partition's merged shards.
+the chunks and the shape check, the small shards of each partition (under a quarter of the target
+`compact_mb`, default `shard_mb`) are merged, in path order, into shards of about the target: same
+rows, same ids, same order within a partition's merged shards. Larger shards are left as they are:
+rewriting them would cost about as much as the ingest itself and save little per-file overhead (a
+quarter of a 128 MiB shard takes several times an object store's request latency to read). The merges
+run as Ray tasks, one per merged shard (in this process with `use_ray=False`).
 
 Crash safety, so that a compaction interrupted anywhere loses no row and doubles none on rerun:
   1. the plan (which inputs go to which output) is computed from the chunk markers and written first,
@@ -32,6 +35,7 @@ from zoo_ingest.storage import Location
 from zoo_ingest.writer import MiB, WriteSettings, parquet_options
 
 PLAN = "_manifest/_compact.json"
+SMALL = 0.25  # shards under this fraction of the target are merged
 
 
 class CompactionError(RuntimeError):
@@ -45,12 +49,12 @@ def target_bytes(settings: WriteSettings) -> int:
 
 
 def plan_bins(files: list[dict], target: int) -> list[dict]:
-    """Bins of small shards, per (arch, split), in path order: each bin's inputs add up to about
-    `target` bytes (at most one input over it). Shards at or above the target, and bins that would
+    """Bins of small shards (under SMALL * target), per (arch, split), in path order: each bin's inputs
+    add up to about `target` bytes (at most one small input over it). Other shards, and bins that would
     hold a single shard, are left as they are."""
     groups = defaultdict(list)
     for f in sorted(files, key=lambda f: f["path"]):
-        if f["bytes"] < target:
+        if f["bytes"] < SMALL * target:
             groups[(f["arch_id"], f["split"])].append(f)
     bins = []
     for (arch_id, split), small in sorted(groups.items()):
@@ -90,6 +94,7 @@ def compact(
     settings: WriteSettings,
     fingerprint: str,
     hook: Callable[[str, int], None] | None = None,
+    use_ray: bool = False,
 ) -> list[dict]:
     """Compact `files` (the chunk markers' shard records) in place; returns the table's shard records.
 
@@ -106,16 +111,19 @@ def compact(
         if not bins:
             return files
         dest.write_bytes(PLAN, json.dumps({"fingerprint": fingerprint, "target": target, "bins": bins}).encode())
-    merged: dict[str, dict] = {}
-    for i, b in enumerate(bins):
-        size = _done_size(dest, b)
-        if size is None:
-            size = _merge(dest, b, spec_from_dict(specs[b["arch_id"]]), settings, lambda p, i=i: hook and hook(p, i))
-            if hook:
-                hook("written", i)
-        dest.delete(b["inputs"])
+    sizes = {i: _done_size(dest, b) for i, b in enumerate(bins)}
+    todo = [(i, b) for i, b in enumerate(bins) if sizes[i] is None]
+    for i, size in _merge_all(dest, todo, specs, settings, hook, use_ray):
+        sizes[i] = size
+        if hook:
+            hook("written", i)
+        dest.delete(bins[i]["inputs"])
         if hook:
             hook("deleted", i)
+    merged: dict[str, dict] = {}
+    for i, b in enumerate(bins):
+        dest.delete(b["inputs"])  # a bin published before a crash: its inputs may still be there
+        size = sizes[i]
         merged[b["out"]] = {
             "path": b["out"],
             "arch_id": b["arch_id"],
@@ -125,6 +133,30 @@ def compact(
         }
     gone = {p for b in bins for p in b["inputs"]}
     return [f for f in files if f["path"] not in gone] + list(merged.values())
+
+
+def _merge_all(dest, todo, specs, settings, hook, use_ray):
+    """Merge the bins of `todo` [(index, bin)]; yields (index, size) as each output is published."""
+    if not use_ray:
+        for i, b in todo:
+            yield i, _merge(dest, b, spec_from_dict(specs[b["arch_id"]]), settings, lambda p, i=i: hook and hook(p, i))
+        return
+    if not todo:
+        return
+    import ray
+
+    from zoo_ingest.ray_runtime import ensure_ray
+
+    ensure_ray()
+    task = ray.remote(num_cpus=1, max_retries=3)(_merge_task)
+    pending = {task.remote(dest, b, specs[b["arch_id"]], settings): i for i, b in todo}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        yield pending.pop(ready[0]), ray.get(ready[0])
+
+
+def _merge_task(dest: Location, b: dict, spec: dict, settings: WriteSettings) -> int:
+    return _merge(dest, b, spec_from_dict(spec), settings, lambda phase: None)
 
 
 def _load_plan(dest: Location, fingerprint: str) -> list[dict] | None:

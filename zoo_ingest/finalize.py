@@ -156,6 +156,7 @@ def finalize(
     fingerprint: str,
     schema_version: int,
     compact_hook=None,
+    use_ray: bool = False,
 ) -> dict:
     files = [f for m in markers for f in m["files"]]
     specs = {a: s for m in markers for a, s in m["specs"].items()}
@@ -173,7 +174,7 @@ def finalize(
         reject_files.append(MISMATCH_FILE)
     files = [f for f in files if f["arch_id"] not in losers]
     try:
-        files = compact(dest, files, specs, settings.write, fingerprint, compact_hook)
+        files = compact(dest, files, specs, settings.write, fingerprint, compact_hook, use_ray)
     except CompactionError as exc:
         raise IngestError(str(exc)) from exc
 

@@ -194,7 +194,7 @@ def ingest(
         task_hook,
     )
     markers = [done.get(k) or new[k] for k, _, _ in chunks]
-    card = finalize(dest, markers, plan, settings, src_loc.url, fingerprint, SCHEMA_VERSION, compact_hook)
+    card = finalize(dest, markers, plan, settings, src_loc.url, fingerprint, SCHEMA_VERSION, compact_hook, use_ray)
     written = sum(f["bytes"] for m in new.values() for f in m["files"])
     summary = summary_from_card(
         card,
