@@ -293,8 +293,8 @@ def main() -> int:
         print(f"  compaction: the ingest takes {t_ingest / t_raw:.2f} times as long as without it")
         for name, uri in (("compacted", table_uri), ("per-chunk", raw_uri)):
             files = [f for a in open_table(uri).card["architectures"] for f in a["files"]]
-            small = sum(f["bytes"] < settings.shard_mb * 2**20 / 4 for f in files)
-            print(f"  {name:10s} shards: {len(files):4d}, {small:4d} under a quarter of the target")
+            small = sum(f["bytes"] < settings.shard_mb * 2**20 / 8 for f in files)
+            print(f"  {name:10s} shards: {len(files):4d}, {small:4d} under an eighth of the target")
         print(f"\nread into torch (batches of {args.batch_size}):")
         print(line("plain pyarrow iter_batches", t_plain_r))
         print(line("open_table().batches -> WeightSpace", t_table_r))

@@ -3,11 +3,11 @@
 Every chunk writes its own shards per (architecture, split), so the splits that get few rows of a
 chunk (val and test at 10% each) and the last shard of every partition come out small: many files of a
 few MB beside full ones, and an object store charges its per-file overhead for each, every epoch. After
-the chunks and the shape check, the small shards of each partition (under a quarter of the target
+the chunks and the shape check, the small shards of each partition (under an eighth of the target
 `compact_mb`, default `shard_mb`) are merged, in path order, into shards of about the target: same
 rows, same ids, same order within a partition's merged shards. Larger shards are left as they are:
 rewriting them would cost about as much as the ingest itself and save little per-file overhead (a
-quarter of a 128 MiB shard takes several times an object store's request latency to read). The merges
+16 MiB shard already takes several times an object store's request latency to read). The merges
 run as Ray tasks, one per merged shard (in this process with `use_ray=False`).
 
 Crash safety, so that a compaction interrupted anywhere loses no row and doubles none on rerun:
@@ -35,7 +35,7 @@ from zoo_ingest.storage import Location
 from zoo_ingest.writer import MiB, WriteSettings, parquet_options
 
 PLAN = "_manifest/_compact.json"
-SMALL = 0.25  # shards under this fraction of the target are merged
+SMALL = 1 / 8  # shards under this fraction of the target are merged (16 MiB of 128)
 
 
 class CompactionError(RuntimeError):

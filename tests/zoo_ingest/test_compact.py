@@ -9,7 +9,7 @@ import pytest
 from zoo_ingest import TableError, ingest, open_table
 from zoo_ingest.compact import plan_bins
 
-TARGET_MB = 0.2
+TARGET_MB = 0.4
 
 
 def _ingest(zoo, out, **kw):
@@ -54,7 +54,7 @@ def test_small_shards_are_merged_with_the_same_rows_and_accounting(zoo, tmp_path
         small = defaultdict(int)
         for arch in card["architectures"]:
             for f in arch["files"]:
-                small[(arch["arch_id"], f["split"])] += f["bytes"] < target / 4
+                small[(arch["arch_id"], f["split"])] += f["bytes"] < target / 8
         if limit is None:
             assert max(small.values()) >= 4  # the problem: many tiny shards per partition
         else:
@@ -96,7 +96,7 @@ def test_plan_bins_merges_only_small_shards_and_leaves_lonely_ones():
         return {"path": f"arch=a/split={split}/{path}", "arch_id": "a", "split": split, "rows": 1, "bytes": size}
 
     files = [
-        f("part-00000-000.parquet", 100),  # not small: a quarter of the target or more
+        f("part-00000-000.parquet", 100),  # not small: an eighth of the target or more
         f("part-00001-000.parquet", 30),
         f("part-00002-000.parquet", 40),
         f("part-00003-000.parquet", 20),
@@ -105,7 +105,7 @@ def test_plan_bins_merges_only_small_shards_and_leaves_lonely_ones():
         f("part-00006-000.parquet", 10),
         f("part-00000-000.parquet", 10, "test"),
     ]
-    bins = plan_bins(files, target=120)  # small: under 30
+    bins = plan_bins(files, target=240)  # small: under 30
     assert [b["inputs"] for b in bins] == [
         [
             "arch=a/split=val/part-00003-000.parquet",
@@ -115,7 +115,7 @@ def test_plan_bins_merges_only_small_shards_and_leaves_lonely_ones():
     ]  # 20+10+10 never reach the target: one partly filled bin; the single test shard stays as it is
     assert bins[0]["out"] == "arch=a/split=val/part-00003-c000.parquet" and bins[0]["rows"] == 3
     many = [f(f"part-{k:05d}-000.parquet", 20) for k in range(12)]
-    assert [len(b["inputs"]) for b in plan_bins(many, target=100)] == [5, 5, 2]  # closed on reaching the target
+    assert [len(b["inputs"]) for b in plan_bins(many, target=200)] == [10, 2]  # closed on reaching the target
     with pytest.raises(ValueError, match="compact_mb"):
         ingest("x", "y", "smallcnnzoo", compact_mb=-1)
 
