@@ -56,6 +56,17 @@ def test_broken_source_fails_with_a_message_naming_the_file(tmp_path, zoo_writer
     assert not (tmp_path / "t/_zoo.json").exists()
 
 
+def test_a_zoo_that_names_no_networks_asks_for_split_by(tmp_path, zoo_writers, capsys):
+    zoo_writers.smallcnnzoo(tmp_path / "zoo", n=6, modeldir=False)
+    args = ["ingest", str(tmp_path / "zoo"), "--format", "smallcnnzoo", "--out", str(tmp_path / "t"), "--no-ray"]
+    assert main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no 'modeldir' column" in err and "--split-by HPARAM" in err and "Traceback" not in err
+    assert main([*args, "--no-progress", "--split-by", "model_id", "--compact-mb", "0"]) == 0
+    card = open_table(str(tmp_path / "t")).card
+    assert card["settings"]["split"]["by"] == "model_id" and card["settings"]["write"]["compact_mb"] == 0
+
+
 class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
     """A read-only static file server that answers range requests (as S3, nginx, ... do)."""
 
