@@ -85,14 +85,21 @@ def write_json(result: dict, path: str | Path) -> Path:
     return path
 
 
-def log_to_mlflow(result: dict, tracking_uri: str, run_id: str, json_path: Path) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+def log_to_mlflow(result: dict, tracking_uri: str, run_id: str, json_path: Path, dataset=None) -> None:
+    """Metrics (`flat_metrics`) and the JSON file to the run; `dataset` = (table, split, arch_id) links the
+    evaluated rows as the run's dataset input (context `evaluation`), the same MLflow dataset (name and
+    digest) that a training run on that split links."""
     import time
 
+    from mlflow import MlflowClient
     from mlflow.entities import Metric
 
+    client = MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in flat_metrics(result).items()])
     client.log_artifact(run_id, str(json_path), artifact_path="eval")
+    if dataset is not None:
+        from training.tracking import log_table_input
+
+        table, split, arch_id = dataset
+        log_table_input(client, run_id, table, split, arch_id, context="evaluation")

@@ -18,7 +18,7 @@ from training.config import TrainConfig
 from training.metrics import PRIMARY_METRIC, task_metrics
 from training.model_io import FlatInputModel, example_input, load_metanet
 from training.plots import predictions_plot
-from training.tracking import flatten_params, get_or_create_experiment
+from training.tracking import flatten_params, get_or_create_experiment, log_table_input
 
 CHAMPION = "champion"
 
@@ -43,6 +43,11 @@ def start_run(cfg: TrainConfig, tracking_uri: str, experiment: str, run_name: st
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 90):
         client.log_batch(run.info.run_id, params=items[i : i + 90])
+    from zoo_ingest import open_table
+
+    table = open_table(cfg.data.table)
+    for split, context in ((cfg.data.train_split, "training"), (cfg.data.val_split, "validation")):
+        log_table_input(client, run.info.run_id, table, split, arch_id, context)
     return run.info.run_id
 
 
