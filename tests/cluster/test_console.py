@@ -25,7 +25,7 @@ def test_pipeline_console_is_for_people_and_the_log_file_has_rays_output(ray_loc
     config = tmp_path / "tiny.yaml"
     config.write_text(
         f"store: {tmp_path / 'store'}\n"
-        "zoo: {name: digits-cnn, n: 12, activation: relu}\n"
+        "zoo: {name: digits-cnn, n: 20, activation: relu}\n"
         "families: [{label: statnet, model: statnet}]\n"
         "train: {epochs: 2, batch_size: 16, scaling: {num_workers: 2}, mlflow: {system_metrics: false}}\n"
         "eval: {scales: [1], audit_samples: 1, audit_networks: 4}\n"
