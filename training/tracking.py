@@ -119,13 +119,16 @@ def table_digest(table, split: str, arch_id: str) -> str:
 def table_dataset(table, split: str, arch_id: str):
     """The weight table's rows of `split` and `arch_id` as an MLflow dataset (metadata only): named
     `<zoo>/<split>/arch=<arch_id>`, its source the table's URI, its digest `table_digest`."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
     from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
-    try:
-        source = resolve_dataset_source(table.uri)  # local folders, s3://, gs://, ... by scheme
-    except Exception:  # a scheme MLflow has no source type for: keep the URI, typed as a URL
+    # local folders, s3://, gs://, ... by scheme; MLflow registers the local source type twice and warns
+    # that a path "can be interpreted in multiple ways" unless given one candidate
+    candidates = [s for s in get_registered_sources() if s._can_resolve(table.uri)]
+    if candidates:
+        source = resolve_dataset_source(table.uri, candidate_sources=candidates[:1])
+    else:  # a scheme MLflow has no source type for: keep the URI, typed as a URL
         source = HTTPDatasetSource(table.uri)
     return MetaDataset(source, name=f"{table.zoo}/{split}/arch={arch_id}", digest=table_digest(table, split, arch_id))
 

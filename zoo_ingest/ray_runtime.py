@@ -70,12 +70,18 @@ def _is_console(handler: logging.Handler) -> bool:
 
 
 def _write_worker_lines(path: str, data: dict) -> None:
-    """One batch of lines that Ray forwards from a worker or actor (log_to_driver), prefixed as Ray does."""
+    """One batch of lines that Ray forwards from a worker or actor (log_to_driver), prefixed as Ray does;
+    of the autoscaler's status reports, only its events, as Ray's own printer keeps."""
+    lines = data.get("lines", [])
+    if data.get("pid") == "autoscaler":
+        from ray._private.worker import filter_autoscaler_events
+
+        lines = list(filter_autoscaler_events(lines))
     name = data.get("actor_name") or data.get("task_name") or ""
     prefix = f"({name + ' ' if name else ''}pid={data.get('pid')}{', ip=' + data['ip'] if data.get('ip') else ''})"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     with open(path, "a", encoding="utf-8", errors="replace") as f:
-        for line in data.get("lines", []):
+        for line in lines:
             f.write(f"{stamp} {prefix} {line}\n")
 
 
