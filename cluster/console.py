@@ -163,6 +163,7 @@ def console(command: str, log_dir: str | Path | None = None, *, verbose: bool = 
     routing.setenv(ray_runtime.LOG_FILE_ENV, str(path))
     if "mlflow" not in sys.modules:
         routing.setenv("MLFLOW_CONFIGURE_LOGGING", "false")  # its loggers then stay as apply() sets them
+    routing.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model download otherwise
     routing.apply()
     logging.captureWarnings(True)
     ray_routed = False

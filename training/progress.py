@@ -50,7 +50,7 @@ class _Display:
 
     def __init__(self, out=None):
         self.out = sys.stdout if out is None else out
-        self.bar = None
+        self.bar, self.epochs = None, "?"
 
     def handle(self, event: dict) -> None:
         from tqdm import tqdm
@@ -58,11 +58,13 @@ class _Display:
         kind = event["kind"]
         if kind == "start":
             self.close()
+            self.epochs = event.get("epochs", "?")
             if event.get("bar", True):
                 self.bar = tqdm(total=event["total"], initial=event["initial"], desc=event["desc"], unit="batch")
         elif kind == "step" and self.bar is not None:
+            self.bar.set_postfix(epoch=f"{event['epoch'] + 1}/{self.epochs}", loss=f"{event['loss']:.4f}",
+                                 refresh=False)
             self.bar.update(event["n"])
-            self.bar.set_postfix(epoch=event["epoch"], loss=f"{event['loss']:.4f}", refresh=False)
         elif kind == "epoch":
             tqdm.write(epoch_line(event), file=self.out)
         elif kind == "close":
@@ -83,7 +85,8 @@ class WorkerProgress:
         self.sink, self.epochs = sink, epochs
         self.local = _Display() if sink is None else None
         self.pending, self.last_sent, self.postfix = 0, time.monotonic(), {"epoch": 0, "loss": float("nan")}
-        self._send({"kind": "start", "total": total, "initial": initial, "desc": desc, "bar": bar})
+        self._send({"kind": "start", "total": total, "initial": initial, "desc": desc, "bar": bar,
+                    "epochs": epochs})
 
     def _send(self, event: dict, wait: bool = False) -> None:
         if self.local is not None:
@@ -101,12 +104,12 @@ class WorkerProgress:
             self.pending, self.last_sent = 0, time.monotonic()
 
     def update(self, n: int = 1) -> None:
-        self.pending += n
-        if time.monotonic() - self.last_sent >= STEP_EVERY_S:
-            self._flush()
+        self.pending += n  # sent with the next set_postfix, epoch or close (the loop calls update first)
 
     def set_postfix(self, epoch: int, loss: str | float) -> None:
         self.postfix = {"epoch": int(epoch), "loss": float(loss)}
+        if time.monotonic() - self.last_sent >= STEP_EVERY_S:
+            self._flush()
 
     def epoch(self, metrics: dict) -> None:
         self._flush()

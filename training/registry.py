@@ -93,12 +93,29 @@ def finish_run(cfg: TrainConfig, tracking_uri: str, run_id: str, experiment: str
     out.metrics.update(summary)
     if cfg.mlflow.register_model:
         name = cfg.mlflow.registered_model or experiment
-        version = mlflow.register_model(info.model_uri, name, tags={"run_id": run_id})
+        version = _quietly(mlflow.register_model, info.model_uri, name, tags={"run_id": run_id})
         out.registered_model, out.version = name, str(version.version)
         score = best.get(primary, float("nan"))
         client.set_model_version_tag(name, version.version, f"val_{primary}", str(score))
         out.champion = maybe_promote(client, name, str(version.version), score)
     client.set_terminated(run_id, status="FINISHED")
+
+
+def _quietly(fn, *args, **kwargs):
+    """Call `fn`, sending what it prints to stderr ("Successfully registered model ...": MLflow prints
+    it rather than logging it) to the `mlflow` logger, which the console sends to its log file."""
+    import contextlib
+    import io
+    import logging
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            return fn(*args, **kwargs)
+    finally:
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                logging.getLogger("mlflow").info(line)
 
 
 def champion_score(client, name: str) -> float | None:

@@ -130,3 +130,19 @@ def test_log_folders_and_the_copy_for_an_object_store(tmp_path, monkeypatch):
     with console("pipeline", tmp_path / "logs", publish_to=target) as path:
         logging.getLogger("mlflow").warning("kept with the store")
     assert "kept with the store" in (tmp_path / "published" / path.name).read_text()
+
+
+def test_worker_progress_without_a_relay_draws_locally(capsys):
+    from training.progress import WorkerProgress
+
+    progress = WorkerProgress(None, total=4, initial=0, desc="train x", epochs=2, bar=False)
+    for step in range(4):
+        progress.update(1)
+        progress.set_postfix(epoch=step // 2, loss=0.5)
+        if step % 2 == 1:
+            progress.epoch({"epoch": step // 2, "train_loss": 0.5, "train_networks_per_s": 10.0,
+                            "data_wait_fraction": 0.5, "skipped_steps": 1 - step // 2})
+    progress.close()
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["epoch 1/2: loss 0.5000  10 networks/s  data wait 50.0%  1 steps skipped (non-finite gradients)",
+                   "epoch 2/2: loss 0.5000  10 networks/s  data wait 50.0%"]
