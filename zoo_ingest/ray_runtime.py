@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from functools import partial
 
@@ -69,20 +70,33 @@ def _is_console(handler: logging.Handler) -> bool:
         type(handler).__name__ == "PlainRayHandler"
 
 
-def _write_worker_lines(path: str, data: dict) -> None:
-    """One batch of lines that Ray forwards from a worker or actor (log_to_driver), prefixed as Ray does;
-    of the autoscaler's status reports, only its events, as Ray's own printer keeps."""
-    lines = data.get("lines", [])
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _write_worker_lines(path: str, dedup: dict, data: dict) -> None:
+    """One batch of lines that Ray forwards from a worker or actor (log_to_driver), prefixed as Ray does.
+    Repeated lines collapse as on Ray's console (`[repeated 12x across cluster]`: Ray Train's placement
+    group cleaner polls a State API that a local Ray without a dashboard lacks, once a second); of the
+    autoscaler's status reports, only its events are kept."""
     if data.get("pid") == "autoscaler":
         from ray._private.worker import filter_autoscaler_events
 
-        lines = list(filter_autoscaler_events(lines))
-    name = data.get("actor_name") or data.get("task_name") or ""
-    prefix = f"({name + ' ' if name else ''}pid={data.get('pid')}{', ip=' + data['ip'] if data.get('ip') else ''})"
+        data = dict(data, lines=list(filter_autoscaler_events(data.get("lines", []))))
+        batches = [data]
+    else:
+        batches = dedup["err" if data.get("is_err") else "out"].deduplicate(data)
+    _append(path, batches)
+
+
+def _append(path: str, batches: list[dict]) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     with open(path, "a", encoding="utf-8", errors="replace") as f:
-        for line in lines:
-            f.write(f"{stamp} {prefix} {line}\n")
+        for data in batches:
+            name = data.get("actor_name") or data.get("task_name") or ""
+            ip = f", ip={data['ip']}" if data.get("ip") else ""
+            prefix = f"({name + ' ' if name else ''}pid={data.get('pid')}{ip})"
+            for line in data.get("lines", []):
+                f.write(f"{stamp} {prefix} {_ANSI.sub('', line)}\n")
 
 
 def route_ray_output(log_file: str | None) -> None:
@@ -99,6 +113,8 @@ def route_ray_output(log_file: str | None) -> None:
     for path in [p for p in _routed if p != log_file]:  # undo an earlier routing to another file
         state = _routed.pop(path)
         dispatcher.remove_handler(_WORKER_HANDLER)
+        for d in state["dedup"].values():
+            _append(path, d.flush())
         if state["removed_printer"]:
             dispatcher.add_handler("ray_print_logs", partial(
                 ray_worker.print_to_stdstream,
@@ -112,14 +128,19 @@ def route_ray_output(log_file: str | None) -> None:
             logger.propagate = propagate
     if not log_file:
         return
-    state = _routed.setdefault(log_file, {"removed_printer": False, "loggers": [], "file": None})
+    state = _routed.setdefault(log_file, {"removed_printer": False, "loggers": [], "file": None, "dedup": {}})
     if ray.is_initialized():
         names = [name for name, _ in dispatcher.handlers]
         if "ray_print_logs" in names:
             dispatcher.remove_handler("ray_print_logs")
             state["removed_printer"] = True
         if _WORKER_HANDLER not in names:
-            dispatcher.add_handler(_WORKER_HANDLER, partial(_write_worker_lines, log_file))
+            from ray._private import ray_constants as rc
+
+            state["dedup"] = {k: ray_logging.LogDeduplicator(rc.RAY_DEDUP_LOGS_AGG_WINDOW_S,
+                                                            rc.RAY_DEDUP_LOGS_ALLOW_REGEX, rc.RAY_DEDUP_LOGS_SKIP_REGEX)
+                              for k in ("out", "err")}
+            dispatcher.add_handler(_WORKER_HANDLER, partial(_write_worker_lines, log_file, state["dedup"]))
         import ray.data  # noqa: F401 - configures the ray.data logger (with a console handler) on import
     if state["file"] is None:
         state["file"] = logging.FileHandler(log_file, encoding="utf-8")

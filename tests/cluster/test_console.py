@@ -146,3 +146,23 @@ def test_worker_progress_without_a_relay_draws_locally(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out == ["epoch 1/2: loss 0.5000  10 networks/s  data wait 50.0%  1 steps skipped (non-finite gradients)",
                    "epoch 2/2: loss 0.5000  10 networks/s  data wait 50.0%"]
+
+
+def test_repeated_worker_lines_collapse_in_the_log_file(tmp_path):
+    from ray._private.ray_logging import LogDeduplicator
+
+    from zoo_ingest.ray_runtime import _append, _write_worker_lines
+
+    path = str(tmp_path / "ray.log")
+    dedup = {"out": LogDeduplicator(60, None, None), "err": LogDeduplicator(60, None, None)}
+    warning = "Failed to query Ray Train Controller actor state. State API may be temporarily unavailable."
+    for pid in range(5):
+        _write_worker_lines(path, dedup, {"lines": [warning], "pid": 100 + pid, "ip": "127.0.0.1", "is_err": True,
+                                          "actor_name": "PlacementGroupCleaner"})
+    _write_worker_lines(path, dedup, {"lines": ["Setting up process group"], "pid": 7, "is_err": False,
+                                      "actor_name": "RayTrainWorker"})
+    _append(path, dedup["err"].flush())
+    lines = open(path).read().splitlines()
+    assert sum(warning in line for line in lines) == 2  # the first, then one summary
+    assert "[repeated 4x across cluster]" in lines[-1]
+    assert any("(RayTrainWorker pid=7) Setting up process group" in line for line in lines)
