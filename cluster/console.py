@@ -148,9 +148,14 @@ def console(command: str, log_dir: str | Path | None = None, *, verbose: bool = 
     """
     level = _level(verbose)
     if level is not None:  # verbose: libraries keep their console handlers, at this level
-        for name in ("ray", "mlflow", "deepspeed"):
+        saved = {name: logging.getLogger(name).level for name in ("ray", "mlflow", "deepspeed")}
+        for name in saved:
             logging.getLogger(name).setLevel(level)
-        yield None
+        try:
+            yield None
+        finally:
+            for name, old in saved.items():
+                logging.getLogger(name).setLevel(old)
         return
     folder = Path(log_dir) if log_dir is not None else log_dir_for(None)
     folder.mkdir(parents=True, exist_ok=True)

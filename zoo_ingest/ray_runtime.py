@@ -109,6 +109,8 @@ def route_ray_output(log_file: str | None) -> None:
     from ray._private import ray_logging
     from ray._private import worker as ray_worker
 
+    if ray.is_initialized() and ray_worker.global_worker.mode != ray_worker.SCRIPT_MODE:
+        return  # a Ray worker (which inherits METAZOO_LOG_FILE): its output already reaches the driver
     dispatcher = ray_logging.global_worker_stdstream_dispatcher
     for path in [p for p in _routed if p != log_file]:  # undo an earlier routing to another file
         state = _routed.pop(path)
