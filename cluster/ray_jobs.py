@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 15.0
+RETRY_FOR_S = 60.0  # how long a busy or restarting head is retried before submit gives up
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Ray's client lets these replace the address it is given; an explicit --address must win.
 ADDRESS_OVERRIDES = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
@@ -41,6 +42,14 @@ class JobResult:
     @property
     def succeeded(self) -> bool:
         return self.status == "SUCCEEDED"
+
+
+class DashboardUnreachable(ConnectionError):
+    """The dashboard did not answer; `refused` when nothing listened (a head that is still starting)."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 def dashboard_url(address: str) -> str:
@@ -86,10 +95,11 @@ def check_dashboard(url: str, token: AuthToken | None, *, connect_timeout: float
                              timeout=(connect_timeout, read_timeout))
     except requests.exceptions.RequestException as exc:
         reason = _reason(exc, connect_timeout, read_timeout)
-        raise ConnectionError(
+        raise DashboardUnreachable(
             f"cannot reach the Ray dashboard at {url}: {reason}. Check the address: it is the head "
             "node's dashboard (port 8265 by default); for a cluster started with `ray up ray_config.yaml`, "
-            "run `ray dashboard ray_config.yaml` and use http://127.0.0.1:8265") from None
+            "run `ray dashboard ray_config.yaml` and use http://127.0.0.1:8265",
+            refused="refused" in reason.lower()) from None
     if reply.status_code == 401:
         raise missing_token_error(url)
     if reply.status_code == 403:
@@ -181,3 +191,42 @@ def wait(client: JobSubmissionClient, job_id: str, poll_s: float = 0.5, timeout_
             raise TimeoutError(f"job {job_id} is still {status} after its logs ended; "
                                f"see `ray job status {job_id}`")
         time.sleep(poll_s)
+
+
+def is_transient(exc: BaseException) -> str | None:
+    """Why `exc` is worth retrying (a head asking to be tried again later, or a refused connection),
+    or None for an error that retrying cannot fix."""
+    import requests
+
+    if isinstance(exc, DashboardUnreachable) and exc.refused:
+        return "connection refused"
+    if isinstance(exc, requests.exceptions.ConnectionError) and "refused" in str(exc).lower():
+        return "connection refused"
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and "try again later" in text.lower():
+        # Ray: "Request failed with status code 500: No available agent to submit job, please try again later."
+        return text.split(": ", 1)[-1].rstrip(".") if "status code" in text else text
+    return None
+
+
+def with_retries(action, what: str, retry_for_s: float = RETRY_FOR_S, *, first_delay_s: float = 1.0,
+                 max_delay_s: float = 10.0, sleep=time.sleep, clock=time.monotonic, err: IO[str] | None = None):
+    """`action()`, retried with exponential backoff while it fails transiently (`is_transient`) and
+    `retry_for_s` seconds have not passed; each retry is announced on `err` (stderr). Any other error,
+    and the last transient one, propagate at once."""
+    err = sys.stderr if err is None else err
+    deadline = clock() + retry_for_s
+    delay = first_delay_s
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            reason = is_transient(exc)
+            left = deadline - clock()
+            if reason is None or left <= 0:
+                raise
+            wait_s = min(delay, max_delay_s, left)
+            print(f"{what}: {reason}; retrying in {wait_s:.1f} s (giving up {left:.0f} s from now)",
+                  file=err, flush=True)
+            sleep(wait_s)
+            delay *= 2

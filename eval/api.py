@@ -48,5 +48,5 @@ def evaluate_model(model_ref: str, table_uri: str, *, split: str = "test", steps
     json_path = Path(json_path or f"eval-{card.get('model', 'model')}.json")
     write_json(result, json_path)
     if log_mlflow and run_id and tracking_uri:
-        log_to_mlflow(result, tracking_uri, run_id, json_path)
+        log_to_mlflow(result, tracking_uri, run_id, json_path, dataset=(table, split, arch_id))
     return result, json_path, result_table(result)

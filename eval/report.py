@@ -40,9 +40,27 @@ def result_table(result: dict) -> str:
 
 def metric_suffix(condition: str) -> str:
     """An orbit condition's name as MLflow accepts it (alphanumerics, _ - . space : /):
-    'U[1,10^3]' -> 'U1_10e3', 'GL cond<=10' -> 'GL_cond_le_10'."""
-    name = condition.replace("[", "").replace("]", "").replace(",", "_").replace("^", "e").replace("<=", "_le_")
+    'U[1,10^3]' -> 'U1_1e3' (1e3 = 10^3, as in floating-point notation), 'GL cond<=10' -> 'GL_cond_le_10'."""
+    name = re.sub(r"10\^(\d+)", r"1e\1", condition)
+    name = name.replace("[", "").replace("]", "").replace(",", "_").replace("<=", "_le_")
     return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.-]", "_", name))
+
+
+# Runs evaluated before the rename logged U[1,10^k] as `..._U1_10ek`, which reads as 10^(k+1).
+_LEGACY_SCALE = re.compile(r"_U1_10e(\d+)$")
+
+
+def canonical_metric_name(name: str) -> str:
+    """The current name of an evaluation metric: `test_kendall_tau_U1_10e3` (old runs) -> `..._U1_1e3`."""
+    return _LEGACY_SCALE.sub(r"_U1_1e\1", name)
+
+
+def run_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's metrics under current names, so old and new runs compare; a current name wins over a
+    legacy one when a run holds both (an old run evaluated again)."""
+    out = {canonical_metric_name(k): v for k, v in metrics.items() if canonical_metric_name(k) != k}
+    out.update({k: v for k, v in metrics.items() if canonical_metric_name(k) == k})
+    return out
 
 
 def flat_metrics(result: dict, prefix: str = "test_") -> dict[str, float]:
@@ -67,14 +85,21 @@ def write_json(result: dict, path: str | Path) -> Path:
     return path
 
 
-def log_to_mlflow(result: dict, tracking_uri: str, run_id: str, json_path: Path) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+def log_to_mlflow(result: dict, tracking_uri: str, run_id: str, json_path: Path, dataset=None) -> None:
+    """Metrics (`flat_metrics`) and the JSON file to the run; `dataset` = (table, split, arch_id) links the
+    evaluated rows as the run's dataset input (context `evaluation`), the same MLflow dataset (name and
+    digest) that a training run on that split links."""
     import time
 
+    from mlflow import MlflowClient
     from mlflow.entities import Metric
 
+    client = MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in flat_metrics(result).items()])
     client.log_artifact(run_id, str(json_path), artifact_path="eval")
+    if dataset is not None:
+        from training.tracking import log_table_input
+
+        table, split, arch_id = dataset
+        log_table_input(client, run_id, table, split, arch_id, context="evaluation")

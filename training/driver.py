@@ -136,12 +136,16 @@ def main(cfg: TrainConfig) -> TrainResult:
     card = make_card(cfg.model.name, dict(cfg.model.kwargs, out_dim=out_dim), spec, task=cfg.task.kind,
                      loss=cfg.task.loss, target=cfg.data.target, zoo=zoo, table=cfg.data.table)
     primary = f"val_{PRIMARY_METRIC[cfg.task.kind]}"
+    from training.progress import ProgressRelay
+
+    relay = ProgressRelay()  # rank 0's bar and epoch lines, drawn here (workers' output goes to the log)
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "out_dim": out_dim, "card": card,
             "train_rows_per_worker": rows[cfg.data.train_split] // cfg.scaling.num_workers,
             "tracking_uri": tracking_uri, "run_id": run_id, "fault_marker": marker, "arch_id": arch_id,
+            "progress": relay.sink,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -160,7 +164,8 @@ def main(cfg: TrainConfig) -> TrainResult:
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], enable_shard_locality=False),
     )
     try:
-        result = trainer.fit()
+        with relay:
+            result = trainer.fit()
     except BaseException:
         if run_id:
             registry.end_run(tracking_uri, run_id, "FAILED")

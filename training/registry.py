@@ -18,7 +18,7 @@ from training.config import TrainConfig
 from training.metrics import PRIMARY_METRIC, task_metrics
 from training.model_io import FlatInputModel, example_input, load_metanet
 from training.plots import predictions_plot
-from training.tracking import flatten_params, get_or_create_experiment
+from training.tracking import flatten_params, get_or_create_experiment, log_table_input
 
 CHAMPION = "champion"
 
@@ -43,6 +43,11 @@ def start_run(cfg: TrainConfig, tracking_uri: str, experiment: str, run_name: st
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 90):
         client.log_batch(run.info.run_id, params=items[i : i + 90])
+    from zoo_ingest import open_table
+
+    table = open_table(cfg.data.table)
+    for split, context in ((cfg.data.train_split, "training"), (cfg.data.val_split, "validation")):
+        log_table_input(client, run.info.run_id, table, split, arch_id, context)
     return run.info.run_id
 
 
@@ -88,12 +93,29 @@ def finish_run(cfg: TrainConfig, tracking_uri: str, run_id: str, experiment: str
     out.metrics.update(summary)
     if cfg.mlflow.register_model:
         name = cfg.mlflow.registered_model or experiment
-        version = mlflow.register_model(info.model_uri, name, tags={"run_id": run_id})
+        version = _quietly(mlflow.register_model, info.model_uri, name, tags={"run_id": run_id})
         out.registered_model, out.version = name, str(version.version)
         score = best.get(primary, float("nan"))
         client.set_model_version_tag(name, version.version, f"val_{primary}", str(score))
         out.champion = maybe_promote(client, name, str(version.version), score)
     client.set_terminated(run_id, status="FINISHED")
+
+
+def _quietly(fn, *args, **kwargs):
+    """Call `fn`, sending what it prints to stderr ("Successfully registered model ...": MLflow prints
+    it rather than logging it) to the `mlflow` logger, which the console sends to its log file."""
+    import contextlib
+    import io
+    import logging
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            return fn(*args, **kwargs)
+    finally:
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                logging.getLogger("mlflow").info(line)
 
 
 def champion_score(client, name: str) -> float | None:

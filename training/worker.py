@@ -145,11 +145,12 @@ def train_loop_per_worker(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     primary = PRIMARY_METRIC[cfg.task.kind]
     progress = None
-    if rank == 0 and cfg.progress:
-        from tqdm import tqdm
+    if rank == 0:  # the bar (when cfg.progress) and the per-epoch line, drawn by the driver's relay
+        from training.progress import WorkerProgress
 
-        progress = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                        desc=f"train {cfg.model.name}", unit="batch")
+        progress = WorkerProgress(config.get("progress"), total=cfg.epochs * steps_per_epoch,
+                                  initial=start_epoch * steps_per_epoch, desc=f"train {cfg.model.name}",
+                                  epochs=cfg.epochs, bar=cfg.progress)
 
     for epoch in range(start_epoch, cfg.epochs):
         _maybe_inject_fault(cfg, epoch, rank, config.get("fault_marker"))
@@ -193,6 +194,7 @@ def train_loop_per_worker(config: dict) -> None:
             val_metrics = task_metrics(cfg.task.kind, val_out, val_y, cfg.task.loss)
             metrics.update({f"val_{k}": v for k, v in val_metrics.items()})
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            progress.epoch(metrics)
         last = epoch == cfg.epochs - 1
         if (epoch + 1) % cfg.checkpoint.every_n_epochs == 0 or last:
             with tempfile.TemporaryDirectory() as tmp:

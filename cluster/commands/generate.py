@@ -30,18 +30,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", help="S3 endpoint (overrides AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
     parser.add_argument("--region", help="S3 region (overrides AWS_REGION / AWS_DEFAULT_REGION)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from cluster.console import add_console_arguments
+
+    add_console_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cluster.console import console, log_dir_for
     from zoo_ingest.generate import GenerateError, generate
 
     storage = {k: v for k, v in dict(endpoint_url=args.endpoint_url, region=args.region).items() if v}
     try:
-        result = generate(
-            args.zoo, args.out, args.n, args.seed, workers=args.workers,
-            networks_per_task=args.networks_per_task, copies=args.copies, address=args.address,
-            storage_options=storage, progress=not args.no_progress, summary=False,
-        )
+        with console("generate", log_dir_for(None), verbose=args.verbose):
+            result = generate(
+                args.zoo, args.out, args.n, args.seed, workers=args.workers,
+                networks_per_task=args.networks_per_task, copies=args.copies, address=args.address,
+                storage_options=storage, progress=not args.no_progress, summary=False,
+            )
     except (GenerateError, ConnectionError) as exc:
         print(f"metazoo generate: error: {exc}", file=sys.stderr)
         return 2

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(the cluster has its own, e.g. an instance profile)")
     parser.add_argument("--no-wait", action="store_true",
                         help="submit and return; do not follow the logs")
+    parser.add_argument("--retry-for", type=float, default=None, metavar="SECONDS",
+                        help="retry a head that refuses connections or asks to be tried again later for up "
+                             "to this long, with backoff (default 60; 0: fail at once)")
     parser.add_argument("job_command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                         help="the metazoo command to run on the cluster, after --")
 
@@ -69,9 +72,19 @@ def job_env(overrides: list[str], environ: Mapping[str, str] | None = None,
     return env, secrets
 
 
+def job_command(argv: list[str]) -> list[str]:
+    """The metazoo arguments after `--`; a leading `metazoo` (typed from `ray job submit` habit) is dropped."""
+    command = list(argv)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if command[:1] == ["metazoo"]:
+        command = command[1:]
+    return command
+
+
 def entrypoint(command: list[str]) -> str:
     """The shell command the job runs: `metazoo` and the arguments, each quoted for the shell."""
-    return shlex.join(["metazoo", *command])
+    return shlex.join(["metazoo", *job_command(command)])
 
 
 def runtime_env(working_dir: str, env_vars: dict[str, str]) -> dict:
@@ -126,11 +139,12 @@ def _follow_hint(url: str, job_id: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.ray_jobs import connect, dashboard_url, follow
+    import requests
 
-    command = list(args.job_command)
-    if command[:1] == ["--"]:
-        command = command[1:]
+    from cluster import ray_jobs
+    from cluster.ray_jobs import RETRY_FOR_S, dashboard_url, with_retries
+
+    command = job_command(args.job_command)
     if not command:
         raise ValueError("no command to run: give the metazoo command after --, "
                          "e.g. metazoo submit --address http://127.0.0.1:8265 -- pipeline --config "
@@ -144,19 +158,22 @@ def run(args: argparse.Namespace) -> int:
     for note in _local_only_notes(env):
         print(f"note: {note}", file=sys.stderr)
 
-    client = connect(url)
+    retry_for = RETRY_FOR_S if args.retry_for is None else max(0.0, args.retry_for)
+    client = with_retries(lambda: ray_jobs.connect(url), f"the Ray head at {url}", retry_for)
     _quiet_ray_client_logs()
-    job_command = entrypoint(command)
+    line = entrypoint(command)
     if "://" not in renv["working_dir"]:
         print(f"uploading {renv['working_dir']} as the job's working directory", file=sys.stderr)
     try:
-        job_id = client.submit_job(entrypoint=job_command, runtime_env=renv,
-                                   metadata={"submitted_by": "metazoo submit"})
-    except RuntimeError as exc:  # Ray's client reports HTTP errors (bad runtime_env, ...) this way
+        job_id = with_retries(lambda: client.submit_job(entrypoint=line, runtime_env=renv,
+                                                        metadata={"submitted_by": "metazoo submit"}),
+                              f"submitting to {url}", retry_for)
+    except (RuntimeError, requests.exceptions.RequestException) as exc:  # Ray's client reports HTTP
+        # errors (bad runtime_env, a busy head past --retry-for) as RuntimeError
         raise ConnectionError(f"the Ray cluster at {url} did not accept the job: "
                               f"{_redact(str(exc), env, secrets)}") from None
     forwarded = ", ".join(sorted(env)) or "nothing"
-    print(f"submitted job {job_id} to {url}: {job_command}\n  environment: {forwarded}"
+    print(f"submitted job {job_id} to {url}: {line}\n  environment: {forwarded}"
           + (" (secret values not shown)" if secrets else ""), file=sys.stderr)
     if any(name in CREDENTIAL_ENV for name in env):
         print("  note: AWS credentials travel as job environment variables, which Ray keeps in the job's "
@@ -166,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         print(_follow_hint(url, job_id), file=sys.stderr)
         return 0
     try:
-        result = follow(client, job_id)
+        result = ray_jobs.follow(client, job_id)
     except KeyboardInterrupt:
         print(f"\nstopped following job {job_id}; it is still running on the cluster.\n"
               + _follow_hint(url, job_id), file=sys.stderr)

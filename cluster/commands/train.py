@@ -9,6 +9,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="config overrides such as epochs=3 model.name=hnp")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    from cluster.console import add_console_arguments
+
+    add_console_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,9 +29,12 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
+    from cluster.console import console, log_dir_for, publish_dir_for
     from training import main
 
-    result = main(cfg)
+    storage = cfg.checkpoint.storage_path
+    with console("train", log_dir_for(storage), verbose=args.verbose, publish_to=publish_dir_for(storage)):
+        result = main(cfg)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())
                         if k.startswith(("best_val", "val_")) and isinstance(v, float))
     print(f"trained {cfg.model.name} ({result.num_params} parameters): {metrics}")

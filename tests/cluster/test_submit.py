@@ -219,7 +219,7 @@ def _listening_socket() -> socket.socket:
 def test_refused_address_fails_with_a_clear_message(clean_env, capsys):
     with _listening_socket() as sock:
         port = sock.getsockname()[1]
-    assert cli.main(["submit", "--address", f"127.0.0.1:{port}", "--", "--help"]) == 2
+    assert cli.main(["submit", "--address", f"127.0.0.1:{port}", "--retry-for", "0", "--", "--help"]) == 2
     err = capsys.readouterr().err
     assert f"cannot reach the Ray dashboard at http://127.0.0.1:{port}" in err and "Connection refused" in err
 
@@ -330,3 +330,124 @@ def test_ray_job_submit_is_equivalent_with_token_mode_set(ray_head, clean_env, t
     (refused, refused_rc), (accepted, accepted_rc) = [(p.communicate(timeout=120)[0], p.returncode) for p in runs]
     assert refused_rc != 0 and "Missing authentication token" in refused
     assert accepted_rc == 0 and "submitted successfully" in accepted, accepted[-3000:]
+
+
+# --- a busy head: retried, other errors not -----------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["train", "--config", "c.yaml"], ["--", "metazoo", "train", "--config", "c.yaml"],
+                                  ["metazoo", "train", "--config", "c.yaml"]])
+def test_a_leading_metazoo_in_the_job_command_is_dropped(argv):
+    assert submit.job_command(argv) == ["train", "--config", "c.yaml"]
+    assert submit.entrypoint(submit.job_command(argv)) == "metazoo train --config c.yaml"
+
+
+class _FakeHead:
+    """A real HTTP server on 127.0.0.1 answering like a Ray dashboard whose job agent is busy: the first
+    `refusals` job submissions get HTTP 500 "No available agent ... try again later", later ones succeed."""
+
+    def __init__(self, refusals: int, port: int = 0, status: int = 500, text: str | None = None):
+        import http.server
+        import json
+        import threading
+
+        import ray
+
+        head = self
+        self.posts = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test's output clean
+                pass
+
+            def _reply(self, code, body, kind="application/json"):
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path.startswith("/api/version"):
+                    self._reply(200, json.dumps({"version": "4", "ray_version": ray.__version__,
+                                                 "ray_commit": "x", "session_name": "fake"}))
+                else:
+                    self._reply(404, "{}")
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                head.posts.append(body)
+                if len(head.posts) <= refusals:
+                    self._reply(status, text or "No available agent to submit job, please try again later",
+                                "text/plain")
+                else:
+                    self._reply(200, json.dumps({"submission_id": "raysubmit_after_retries",
+                                                 "job_id": "raysubmit_after_retries"}))
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.timeout(60)
+def test_busy_head_is_retried_until_it_accepts(clean_env, capsys):
+    head = _FakeHead(refusals=2)
+    try:
+        code = cli.main(["submit", "--address", head.url, "--no-wait", "--retry-for", "30",
+                         "--working-dir", "s3://bucket/code.zip", "--", "metazoo", "pipeline", "--config", "q.yaml"])
+    finally:
+        head.close()
+    err = capsys.readouterr().err
+    assert code == 0 and len(head.posts) == 3
+    assert err.count("No available agent to submit job, please try again later; retrying in") == 2
+    assert "submitted job raysubmit_after_retries" in err
+    assert head.posts[-1]["entrypoint"] == "metazoo pipeline --config q.yaml"
+
+
+@pytest.mark.timeout(60)
+def test_busy_head_past_the_retry_time_fails_and_other_errors_fail_at_once(clean_env, capsys):
+    head = _FakeHead(refusals=100)
+    try:
+        code = cli.main(["submit", "--address", head.url, "--no-wait", "--retry-for", "1.5",
+                         "--working-dir", "s3://bucket/code.zip", "--", "--help"])
+    finally:
+        head.close()
+    err = capsys.readouterr().err
+    assert code == 2 and 2 <= len(head.posts) <= 3 and "try again later" in err.splitlines()[-1]
+    assert "did not accept the job" in err
+
+    head = _FakeHead(refusals=100, status=400, text="bad runtime_env")
+    try:
+        code = cli.main(["submit", "--address", head.url, "--no-wait", "--retry-for", "30",
+                         "--working-dir", "s3://bucket/code.zip", "--", "--help"])
+    finally:
+        head.close()
+    err = capsys.readouterr().err
+    assert code == 2 and len(head.posts) == 1 and "retrying" not in err and "bad runtime_env" in err
+
+
+@pytest.mark.timeout(60)
+def test_refused_connection_is_retried_until_the_head_listens(clean_env, capsys):
+    import threading
+
+    with _listening_socket() as sock:
+        port = sock.getsockname()[1]
+    started = []
+    # the head comes up about 1.5 s after the first refused attempt, on the port that refused
+    timer = threading.Timer(1.5, lambda: started.append(_FakeHead(refusals=0, port=port)))
+    timer.start()
+    try:
+        code = cli.main(["submit", "--address", f"127.0.0.1:{port}", "--no-wait", "--retry-for", "30",
+                         "--working-dir", "s3://bucket/code.zip", "--", "--help"])
+    finally:
+        timer.join()
+        for head in started:
+            head.close()
+    err = capsys.readouterr().err
+    assert code == 0 and "connection refused; retrying in" in err and len(started[0].posts) == 1

@@ -35,6 +35,25 @@ def test_orbit_conditions_follow_the_group():
     assert list(orbit_conditions("perm_sign")) == ["permuted", "signs"]
 
 
+def test_scale_metric_names_say_the_range_and_old_names_still_read():
+    from eval.report import canonical_metric_name, flat_metrics, metric_suffix, run_metrics
+
+    assert [metric_suffix(c) for c in orbit_conditions("perm_scale")] == [
+        "permuted", "U1_1e1", "U1_1e2", "U1_1e3", "U1_1e4"]
+    assert metric_suffix("GL cond<=10") == "GL_cond_le_10"
+    result = {"clean": {"kendall_tau": 0.5}, "robustness": {"U[1,10^3]": {"kendall_tau": 0.4}},
+              "audit": {"max": 0.0, "mean": 0.0}}
+    assert "test_kendall_tau_U1_1e3" in flat_metrics(result)
+    # runs logged before the rename: U[1,10^3] was `_U1_10e3`
+    assert canonical_metric_name("test_kendall_tau_U1_10e3") == "test_kendall_tau_U1_1e3"
+    assert canonical_metric_name("test_r2_U1_1e3") == "test_r2_U1_1e3"
+    old = {"test_kendall_tau": 0.5, "test_kendall_tau_U1_10e1": 0.45, "test_kendall_tau_U1_10e4": 0.3}
+    assert run_metrics(old) == {"test_kendall_tau": 0.5, "test_kendall_tau_U1_1e1": 0.45,
+                                "test_kendall_tau_U1_1e4": 0.3}
+    both = {"test_kendall_tau_U1_10e2": 0.1, "test_kendall_tau_U1_1e2": 0.2}  # an old run evaluated again
+    assert run_metrics(both) == {"test_kendall_tau_U1_1e2": 0.2}
+
+
 @pytest.mark.parametrize("group", ["perm_scale", "perm_sign", "perm", "transformer_perm_scale"])
 def test_every_condition_logs_to_mlflow(group, tmp_path):
     """Each group's orbit conditions become metric names that a real MLflow store accepts."""
