@@ -150,9 +150,13 @@ def main(cfg: BenchmarkConfig, progress: bool = True) -> dict:
 
 def run_trials(cfg: BenchmarkConfig, specs: dict) -> dict[str, str]:
     """Run the trials with Ray Tune; returns {key: error} for trials Tune saw fail."""
+    import os
+
     from ray import tune
 
     from cluster.benchmark_output import TrialLines
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's newer console prints its own boxes even at verbose=0
 
     # the trial's own process only waits on its Ray Train run, whose workers reserve the CPUs: it reserves
     # next to nothing, so that `max_concurrent` 1-worker trials fit on a small machine
