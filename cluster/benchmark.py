@@ -175,7 +175,8 @@ def run_trials(cfg: BenchmarkConfig, specs: dict) -> dict[str, str]:
     errors = {}
     for res in grid:
         if res.error is not None:
-            errors[res.config["key"]] = f"{type(res.error).__name__}: {str(res.error).strip().splitlines()[-1:]}"
+            lines = str(res.error).strip().splitlines()
+            errors[res.config["key"]] = f"{type(res.error).__name__}: {lines[-1] if lines else ''}"
     return errors
 
 

@@ -35,8 +35,14 @@ class TrialLines(Callback):
               + (f", {epochs} epochs" if epochs else "") + (f", {shown}" if shown else ""), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"{self._name(trial)}: FAILED after {self._elapsed(trial)} (error in {trial.local_path or 'its log'})",
-              flush=True)
+        error = "see the report"
+        spec = self.specs.get(trial.config.get("key"))
+        if spec is not None:  # the trial wrote its error into its record before it raised
+            from cluster.benchmark_trial import read_records
+
+            record = read_records(spec["trials"], [trial.config["key"]]).get(trial.config["key"], {})
+            error = (record.get("error") or error).splitlines()[0][:300]
+        print(f"{self._name(trial)}: FAILED after {self._elapsed(trial)}: {error}", flush=True)
 
 
 def write_report(cfg, records: list[dict], parent: dict | None, tracking_uri: str, out: Path,
