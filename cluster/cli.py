@@ -23,6 +23,7 @@ COMMANDS = {
     "eval": ("cluster.commands.evaluate", "evaluate a trained metanetwork on a weight table"),
     "score": ("cluster.commands.score", "predict the generalisation of checkpoints"),
     "pipeline": ("cluster.commands.pipeline", "run the whole pipeline from a config"),
+    "benchmark": ("cluster.commands.benchmark", "train families x seeds as Ray Tune trials, with intervals"),
     "submit": ("cluster.commands.submit", "submit a metazoo command as a Ray job"),
 }
 

@@ -77,8 +77,6 @@ def check_services(cfg: PipelineConfig) -> None:
 def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict:
     from eval.api import evaluate_model
     from training import main as train_main
-    from zoo_ingest import ingest
-    from zoo_ingest.generate import generate
 
     started = time.perf_counter()
     check_services(cfg)
@@ -87,22 +85,14 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict:
     state = _state(cfg)
     total = 3 + 2 * len(cfg.families) - (1 if cfg.zoo.uri else 0)
     step = 0
-    zoo_uri, table_uri = cfg.zoo_uri(), cfg.table_uri()
+    table_uri = cfg.table_uri()
 
-    if not cfg.zoo.uri:
+    def announce(title: str) -> None:
+        nonlocal step
         step += 1
-        _stage(f"generate {cfg.zoo.name}: {cfg.zoo.n} networks -> {zoo_uri}", step, total)
-        result = generate(cfg.zoo.name, zoo_uri, n=cfg.zoo.n, seed=cfg.zoo.seed, copies=cfg.zoo.copies,
-                          progress=progress, summary=False)
-        print(result.summary())
+        _stage(title, step, total)
 
-    step += 1
-    split_by = cfg.zoo.split_by or ZOO_DEFAULTS.get(cfg.zoo.name, {}).get("split_by")
-    _stage(f"ingest {zoo_uri} -> {table_uri} (split by {split_by or 'model_id'})", step, total)
-    summary = ingest(zoo_uri, table_uri, format=cfg.zoo.format, zoo=cfg.zoo.name, split_by=split_by,
-                     split=cfg.zoo.split, progress=progress)
-    print(summary.format())
-    table_fp = _hash({"table": table_uri, "rows": summary.rows, "archs": summary.rows_by_arch})
+    table_fp = build_table(cfg, announce, progress)
 
     results, runs = {}, {}
     for family in cfg.families:
@@ -146,6 +136,28 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict:
     summary_text = closing_summary(cfg, report, runs, tracking_uri, time.perf_counter() - started)
     print(summary_text)
     return {"results": results, "runs": runs, "report": report, "table": table_uri}
+
+
+def build_table(cfg: PipelineConfig, announce, progress: bool = True) -> str:
+    """The generate (unless `zoo.uri` names a zoo) and ingest stages; both skip work already done.
+
+    `announce(title)` is called before each stage. Returns the table's fingerprint (its URI and row
+    counts per architecture and split), part of the key of everything trained on it."""
+    from zoo_ingest import ingest
+    from zoo_ingest.generate import generate
+
+    zoo_uri, table_uri = cfg.zoo_uri(), cfg.table_uri()
+    if not cfg.zoo.uri:
+        announce(f"generate {cfg.zoo.name}: {cfg.zoo.n} networks -> {zoo_uri}")
+        result = generate(cfg.zoo.name, zoo_uri, n=cfg.zoo.n, seed=cfg.zoo.seed, copies=cfg.zoo.copies,
+                          progress=progress, summary=False)
+        print(result.summary())
+    split_by = cfg.zoo.split_by or ZOO_DEFAULTS.get(cfg.zoo.name, {}).get("split_by")
+    announce(f"ingest {zoo_uri} -> {table_uri} (split by {split_by or 'model_id'})")
+    summary = ingest(zoo_uri, table_uri, format=cfg.zoo.format, zoo=cfg.zoo.name, split_by=split_by,
+                     split=cfg.zoo.split, progress=progress)
+    print(summary.format())
+    return _hash({"table": table_uri, "rows": summary.rows, "archs": summary.rows_by_arch})
 
 
 def _report_dir(cfg: PipelineConfig) -> str:

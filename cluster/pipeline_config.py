@@ -35,6 +35,8 @@ class Family(Strict):
     label: str
     model: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict, description="training settings for this family only, "
+                                                              "over the shared `train` section")
 
 
 class EvalStage(Strict):
@@ -82,6 +84,6 @@ class PipelineConfig(Strict):
             "task": {"kind": defaults.get("task", "generalization")},
             "checkpoint": {"storage_path": f"{self.store.rstrip('/')}/runs"},
             "mlflow": {"tracking_uri": self.tracking_uri},
-        }, self.train)
+        }, merge_dicts(self.train, family.train))
         raw = merge_dicts(raw, {"model": {"name": family.model, "kwargs": family.kwargs}, "run_name": None})
         return validate_config(raw, TrainConfig, source=f"pipeline 'train' section (family {family.label})")

@@ -99,6 +99,29 @@ class MLflowConfig(Strict):
     register_model: bool = True
     registered_model: str | None = Field(None, description="default: the experiment name")
     system_metrics: bool = True
+    parent_run_id: str | None = Field(None, description="create the run as a nested child of this run "
+                                                        "(tag mlflow.parentRunId; `metazoo benchmark` sets it)")
+    tags: dict[str, str] = Field(default_factory=dict, description="extra tags on the run")
+
+
+# What rank 0 logs after each epoch (training.metrics.task_metrics); higher is better for all of them.
+VALIDATION_METRICS = {"generalization": ("val_kendall_tau", "val_r2"), "inr_classification": ("val_accuracy",)}
+
+
+class EarlyStoppingConfig(Strict):
+    """Stop when the validation metric has not improved by more than `min_delta` for `patience` epochs;
+    `epochs` stays the cap. Disabled while `patience` is null."""
+
+    metric: str | None = Field(None, description="validation metric to watch, e.g. val_kendall_tau "
+                                                 "(higher is better); default: the task's primary one")
+    patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="an improvement must exceed this")
+
+    @model_validator(mode="after")
+    def _validation_metric(self):
+        if self.metric is not None and not self.metric.startswith("val_"):
+            raise ValueError(f"early_stopping.metric {self.metric!r} must be a validation metric (val_...)")
+        return self
 
 
 class FaultConfig(Strict):
@@ -119,11 +142,21 @@ class TrainConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
     fault: FaultConfig = Field(default_factory=FaultConfig)
-    epochs: int = Field(5, ge=1)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    epochs: int = Field(5, ge=1, description="epochs to train (the cap when early stopping is on)")
     batch_size: int = Field(32, ge=1, description="micro-batch per worker")
     seed: int = 0
     run_name: str | None = None
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _early_stopping_metric_exists(self):
+        metric = self.early_stopping.metric
+        known = VALIDATION_METRICS[self.task.kind]
+        if metric is not None and metric not in known:
+            raise ValueError(f"early_stopping.metric {metric!r} is not logged for task {self.task.kind!r} "
+                             f"(choose from {', '.join(known)})")
+        return self
 
     def tracking_uri(self) -> str:
         return resolve_tracking_uri(self.mlflow.tracking_uri)

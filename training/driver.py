@@ -36,6 +36,7 @@ class TrainResult:
     checkpoint_path: str | None = None
     metanet_path: str | None = None
     num_params: int = 0
+    epochs_run: int = 0
 
 
 def _select_arch(table, cfg: TrainConfig) -> tuple[str, NetworkSpec]:
@@ -174,7 +175,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     final_metrics = dict(result.metrics or {})
     out = TrainResult(run_id=run_id, experiment=experiment, model_uri=None, registered_model=None, version=None,
                       champion=False, metrics=final_metrics, checkpoint_path=best.path if best else None,
-                      num_params=build_model(cfg.model.name, spec, out_dim=out_dim, **cfg.model.kwargs).num_params)
+                      num_params=build_model(cfg.model.name, spec, out_dim=out_dim, **cfg.model.kwargs).num_params,
+                      epochs_run=int(final_metrics.get("epochs_run", 0)))
     scratch = None
     try:
         if best is not None:

@@ -36,6 +36,8 @@ def start_run(cfg: TrainConfig, tracking_uri: str, experiment: str, run_name: st
     run = client.create_run(exp_id, run_name=run_name, tags={
         "metazoo.model": cfg.model.name, "metazoo.arch_id": arch_id, "metazoo.table": cfg.data.table,
         "metazoo.task": cfg.task.kind, "metazoo.activation": spec.activation,
+        **cfg.mlflow.tags,  # a benchmark's child runs: metazoo.family, metazoo.seed
+        **({"mlflow.parentRunId": cfg.mlflow.parent_run_id} if cfg.mlflow.parent_run_id else {}),
     })
     params = flatten_params(cfg.model_dump(mode="json"))
     from mlflow.entities import Param

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from metanets import build_model
 from metanets.specs import spec_from_dict
+from training import early_stopping
 from training.augment import augment
 from training.batches import batch_targets, batch_to_weightspace, target_filter
 from training.config import TrainConfig
@@ -133,12 +134,15 @@ def train_loop_per_worker(config: dict) -> None:
         config=deepspeed_config(cfg, world), dist_init_required=False,
     )
 
-    start_epoch, global_step = 0, 0
+    start_epoch, global_step, stopping = 0, 0, early_stopping.initial_state()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             _, client_state = engine.load_checkpoint(d, tag="state")
         start_epoch, global_step = client_state["epoch"] + 1, client_state["global_step"]
+        stopping = client_state.get("early_stopping", stopping)
+        if client_state.get("stopped"):  # the run had already stopped early before the restart
+            start_epoch = cfg.epochs
 
     tracker = make_tracker(config.get("tracking_uri"), config.get("run_id"), cfg.mlflow.system_metrics) \
         if rank == 0 else NoTracker()
@@ -189,16 +193,23 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"warning: epoch {epoch}: {skipped} optimiser steps skipped (non-finite gradients)",
                   file=sys.stderr, flush=True)
         val_out = val_y = None
+        stop = False
         if rank == 0:
             val_out, val_y = evaluate(engine, cfg, config, device, dtype)
             val_metrics = task_metrics(cfg.task.kind, val_out, val_y, cfg.task.loss)
             metrics.update({f"val_{k}": v for k, v in val_metrics.items()})
+            stopping, stop = early_stopping.update(stopping, metrics[early_stopping.watched_metric(cfg)],
+                                                   cfg.early_stopping.patience, cfg.early_stopping.min_delta)
+        stopping, stop = early_stopping.broadcast(stopping, stop, world)
+        metrics["epochs_run"] = epoch + 1
+        if rank == 0:
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             progress.epoch(metrics)
-        last = epoch == cfg.epochs - 1
+        last = epoch == cfg.epochs - 1 or stop
         if (epoch + 1) % cfg.checkpoint.every_n_epochs == 0 or last:
             with tempfile.TemporaryDirectory() as tmp:
-                engine.save_checkpoint(tmp, tag="state", client_state={"epoch": epoch, "global_step": global_step})
+                engine.save_checkpoint(tmp, tag="state", client_state={
+                    "epoch": epoch, "global_step": global_step, "early_stopping": stopping, "stopped": stop})
                 if rank == 0:
                     save_metanet(Path(tmp) / "metanet", engine.module, config["card"] | {"epoch": epoch})
                     np.savez(Path(tmp) / "val_predictions.npz", outputs=val_out, targets=val_y)
@@ -206,6 +217,12 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+        if stop:
+            if rank == 0 and epoch < cfg.epochs - 1:
+                print(f"early stopping after epoch {epoch}: {early_stopping.watched_metric(cfg)} did not improve "
+                      f"by more than {cfg.early_stopping.min_delta} for {cfg.early_stopping.patience} epochs",
+                      flush=True)
+            break
     if progress is not None:
         progress.close()
     tracker.close()

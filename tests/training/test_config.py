@@ -18,6 +18,16 @@ def test_there_are_shipped_configs_for_each_builtin_zoo():
 def test_every_shipped_config_loads_and_names_its_launch_command(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# metazoo ") and str(path.relative_to(ROOT)) in first
+    if first.startswith("# metazoo benchmark"):
+        from cluster.benchmark_config import BenchmarkConfig
+
+        bench = load_config(path, cls=BenchmarkConfig)
+        for family in bench.families:  # every trial's training config validates too
+            for seed in bench.seeds:
+                tcfg = bench.trial_config(family, seed)
+                assert tcfg.model.name == family.model and tcfg.seed == seed
+                assert tcfg.early_stopping.patience is not None  # benchmarks train to convergence
+        return
     if first.startswith("# metazoo pipeline"):
         from cluster.pipeline_config import PipelineConfig
 
