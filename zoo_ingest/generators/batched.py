@@ -53,13 +53,13 @@ class _Net:
     generator: torch.Generator
     subset: torch.Tensor  # indices into the train split
     saved: list[int]
-    last: dict  # weights at the end of its last finite epoch
+    last: torch.Tensor  # flat weights `(P,)` at the end of its last finite epoch
     order: torch.Tensor | None = None
     epoch: int = 0
     last_epoch: int = 0
     pos: int = 0
     done: bool = False
-    snapshots: list = field(default_factory=list)  # [(epoch, state dict)]
+    snapshots: list = field(default_factory=list)  # [(epoch, flat weights)]
 
 
 def _dropout(family: Family, nets: list[_Net], sizes: list[int], batch: int, dtype) -> list | None:
@@ -88,17 +88,33 @@ def _dropout(family: Family, nets: list[_Net], sizes: list[int], batch: int, dty
     return out
 
 
-def _finite(params: dict, j: int) -> bool:
-    return all(bool(torch.isfinite(p[j]).all()) for p in params.values())
+class _Layout:
+    """Where each parameter lives in a network's flat vector: one `(S, P)` leaf holds the whole stack, so
+    the optimiser, the finiteness check and snapshots are a few operations, not one per parameter."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        self.shapes = {k: tuple(v.shape) for k, v in state.items()}
+        self.size = sum(math.prod(shape) for shape in self.shapes.values())
+
+    def flatten(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([state[k].reshape(-1) for k in self.shapes])
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`{key: (S, *shape)}` views of `flat` `(S, P)` (or `{key: shape}` views of one vector `(P,)`)."""
+        out, offset, lead = {}, 0, flat.shape[:-1]
+        for k, shape in self.shapes.items():
+            count = math.prod(shape)
+            out[k] = flat[..., offset : offset + count].view(*lead, *shape)
+            offset += count
+        return out
 
 
-def _train(family: Family, nets: list[_Net], batch: int, dtype) -> None:
+def _train(family: Family, nets: list[_Net], layout: _Layout, batch: int, dtype) -> None:
     train = split("train")
     stack = optimizer_order([net.hparams["optimizer"] for net in nets])
-    keys = list(nets[0].last)
-    params = {k: torch.stack([nets[i].last[k] for i in stack]).requires_grad_(True) for k in keys}
+    flat = torch.stack([nets[i].last for i in stack]).requires_grad_(True)
     optimizer = BatchedOptimizer(
-        params,
+        flat,
         [nets[i].hparams["optimizer"] for i in stack],
         [nets[i].hparams["learning_rate"] for i in stack],
         [nets[i].hparams["l2"] for i in stack],
@@ -117,13 +133,12 @@ def _train(family: Family, nets: list[_Net], batch: int, dtype) -> None:
             weight[j, : len(rows)] = 1.0 / max(len(rows), 1)
         active = torch.tensor([b > 0 for b in sizes])
         factors = _dropout(family, members, sizes, batch, dtype)
-        logits = family.forward(params, train.images[index].to(dtype), factors)
+        logits = family.forward(layout.views(flat), train.images[index].to(dtype), factors)
         labels = train.labels[index].reshape(-1)
         losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="none")
-        for p in params.values():
-            p.grad = None
+        flat.grad = None
         (losses.view(len(stack), batch) * weight).sum().backward()
-        optimizer.step(params, active)
+        optimizer.step(flat, active)
         for j, net in enumerate(members):
             if net.done:
                 continue
@@ -131,16 +146,14 @@ def _train(family: Family, nets: list[_Net], batch: int, dtype) -> None:
             if net.pos < len(net.subset):
                 continue
             net.epoch, net.pos = net.epoch + 1, 0
-            if not _finite(params, j):  # diverged: back to the last finite weights, and stop
+            if not bool(torch.isfinite(flat[j]).all()):  # diverged: back to the last finite weights, and stop
                 with torch.no_grad():
-                    for k in keys:
-                        params[k][j] = net.last[k]
+                    flat[j] = net.last
                 if net.last_epoch not in net.saved:
                     net.snapshots.append((net.last_epoch, net.last))
                 net.done = True
                 continue
-            net.last = {k: params[k][j].detach().clone() for k in keys}
-            net.last_epoch = net.epoch
+            net.last, net.last_epoch = flat[j].detach().clone(), net.epoch
             if net.epoch in net.saved:
                 net.snapshots.append((net.epoch, net.last))
             if net.epoch == net.hparams["epochs"]:
@@ -150,13 +163,13 @@ def _train(family: Family, nets: list[_Net], batch: int, dtype) -> None:
         alive = [j for j, net in enumerate(members) if not net.done]
         if len(alive) <= len(stack) // 2:  # finished networks leave the stack
             keep = torch.tensor(alive, dtype=torch.long)
-            params = {k: v.detach()[keep].requires_grad_(True) for k, v in params.items()}
+            flat = flat.detach()[keep].requires_grad_(True)
             optimizer.select(keep)
             stack = [stack[j] for j in alive]
 
 
 @torch.no_grad()
-def _evaluate(family: Family, nets: list[_Net], dtype) -> list[list[Checkpoint]]:
+def _evaluate(family: Family, nets: list[_Net], layout: _Layout, dtype) -> list[list[Checkpoint]]:
     """Every snapshot's metrics: train ones on its network's subset, test ones on the test split."""
     train, test = split("train"), split("test")
     images = torch.cat([train.images, test.images]).to(dtype)
@@ -166,7 +179,7 @@ def _evaluate(family: Family, nets: list[_Net], dtype) -> list[list[Checkpoint]]
     out: dict[int, list[Checkpoint]] = {id(net): [] for net in nets}
     for start in range(0, len(entries), EVAL_CHUNK):
         chunk = entries[start : start + EVAL_CHUNK]
-        params = {k: torch.stack([state[k] for _, _, state in chunk]) for k in chunk[0][2]}
+        params = layout.views(torch.stack([state for _, _, state in chunk]))
         logits = family.forward(params, images.expand(len(chunk), *images.shape), None)
         losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.repeat(len(chunk)), reduction="none")
         losses = losses.view(len(chunk), -1)
@@ -178,7 +191,7 @@ def _evaluate(family: Family, nets: list[_Net], dtype) -> list[list[Checkpoint]]
                 train_loss=losses[c, :n_train][net.subset].mean().item(),
                 test_loss=losses[c, n_train:].mean().item(),
             )
-            weights = {k: v.to(torch.float32).contiguous() for k, v in state.items()}
+            weights = {k: v.to(torch.float32).clone() for k, v in layout.views(state).items()}
             out[id(net)].append(Checkpoint(epoch, weights, metrics))
     return [sorted(out[id(net)], key=lambda c: c.step) for net in nets]
 
@@ -197,13 +210,14 @@ def train_classifiers(
     generator, right after its weights were initialised. The checkpoint schedule and the divergence rule are
     `classifier.train_classifier`'s.
     """
-    train = split("train")
+    if not states:
+        return []
+    train, layout = split("train"), _Layout(states[0])
     nets = []
     for state, h, generator in zip(states, hparams, generators):
         n_train = max(batch_size, round(h["train_fraction"] * len(train.labels)))
         subset = torch.randperm(len(train.labels), generator=generator)[:n_train]
-        start = {k: v.detach().to(dtype).clone() for k, v in state.items()}
+        start = layout.flatten(state).detach().to(dtype)
         nets.append(_Net(h, generator, subset, checkpoint_epochs(h["epochs"]), start, snapshots=[(0, start)]))
-    if nets:
-        _train(family, nets, batch_size, dtype)
-    return _evaluate(family, nets, dtype)
+    _train(family, nets, layout, batch_size, dtype)
+    return _evaluate(family, nets, layout, dtype)

@@ -28,21 +28,20 @@ def optimizer_order(names: list[str]) -> list[int]:
 
 
 class BatchedOptimizer:
-    """State for stacked parameters `{key: (S, ...)}` whose networks use optimisers `names` (sorted).
+    """State for the flat parameters `(S, P)` of S networks that use optimisers `names` (sorted).
 
-    `lr`, `l2`: per-network floats. `step(params, active)` reads `.grad` of each stacked parameter.
+    `lr`, `l2`: per-network floats. `step(flat, active)` reads `flat.grad`.
     """
 
-    def __init__(self, params: dict[str, torch.Tensor], names: list[str], lr: list[float], l2: list[float]):
+    def __init__(self, flat: torch.Tensor, names: list[str], lr: list[float], l2: list[float]):
         if optimizer_order(names) != list(range(len(names))):
             raise ValueError("networks must be stacked sorted by optimiser (see optimizer_order)")
         self.names = list(names)
-        dtype = next(iter(params.values())).dtype
-        self.lr = torch.tensor(lr, dtype=dtype)
-        self.l2 = torch.tensor(l2, dtype=dtype)
-        self.steps = torch.zeros(len(names), dtype=torch.float64)
-        self.first = {k: torch.zeros_like(p) for k, p in params.items()}  # momentum / exp_avg
-        self.second = {k: torch.zeros_like(p) for k, p in params.items()}  # exp_avg_sq / square_avg
+        self.lr = torch.tensor(lr, dtype=flat.dtype)[:, None]
+        self.l2 = torch.tensor(l2, dtype=flat.dtype)[:, None]
+        self.steps = torch.zeros(len(names), 1, dtype=torch.float64)
+        self.first = torch.zeros_like(flat)  # SGD momentum / Adam exp_avg
+        self.second = torch.zeros_like(flat)  # Adam exp_avg_sq / RMSprop square_avg
 
     def _slices(self) -> dict[str, slice]:
         out, start = {}, 0
@@ -57,33 +56,29 @@ class BatchedOptimizer:
         """Keep only the networks at positions `keep` (increasing), e.g. when finished ones leave the stack."""
         self.names = [self.names[int(i)] for i in keep]
         self.lr, self.l2, self.steps = self.lr[keep], self.l2[keep], self.steps[keep]
-        self.first = {k: v[keep] for k, v in self.first.items()}
-        self.second = {k: v[keep] for k, v in self.second.items()}
+        self.first, self.second = self.first[keep], self.second[keep]
 
     @torch.no_grad()
-    def step(self, params: dict[str, torch.Tensor], active: torch.Tensor) -> None:
+    def step(self, flat: torch.Tensor, active: torch.Tensor) -> None:
         """One step for the `active` (bool, (S,)) networks; the others keep their weights and state."""
-        self.steps += active.to(self.steps.dtype)
+        on_all = active[:, None]
+        self.steps += on_all.to(self.steps.dtype)
         for name, part in self._slices().items():
-            t = self.steps[part].clamp(min=1)
-            for key, p in params.items():
-                view = (-1,) + (1,) * (p.dim() - 1)
-                on = active[part].view(view)
-                w, g = p[part], p.grad[part]
-                g = g + self.l2[part].view(view) * w
-                rate = self.lr[part].view(view)
-                m, v = self.first[key][part], self.second[key][part]
-                if name == "sgd":
-                    m.copy_(torch.where(on, m * MOMENTUM + g, m))
-                    update = rate * m
-                elif name == "adam":
-                    b1, b2 = ADAM_BETAS
-                    m.copy_(torch.where(on, torch.lerp(m, g, 1 - b1), m))
-                    v.copy_(torch.where(on, v * b2 + (1 - b2) * g * g, v))
-                    correction1 = (1 - b1**t).to(w.dtype).view(view)
-                    correction2 = (1 - b2**t).sqrt().to(w.dtype).view(view)
-                    update = (rate / correction1) * (m / ((v.sqrt() / correction2) + EPS))
-                else:  # rmsprop
-                    v.copy_(torch.where(on, v * RMSPROP_ALPHA + (1 - RMSPROP_ALPHA) * g * g, v))
-                    update = rate * (g / (v.sqrt() + EPS))
-                w.copy_(torch.where(on, w - update, w))  # where, not lr 0: a done network's state may be NaN
+            on, w, m, v = on_all[part], flat[part], self.first[part], self.second[part]
+            g = flat.grad[part] + self.l2[part] * w
+            rate = self.lr[part]
+            if name == "sgd":
+                m.copy_(torch.where(on, m * MOMENTUM + g, m))
+                update = rate * m
+            elif name == "adam":
+                b1, b2 = ADAM_BETAS
+                t = self.steps[part].clamp(min=1)
+                m.copy_(torch.where(on, torch.lerp(m, g, 1 - b1), m))
+                v.copy_(torch.where(on, v * b2 + (1 - b2) * g * g, v))
+                correction1 = (1 - b1**t).to(w.dtype)
+                correction2 = (1 - b2**t).sqrt().to(w.dtype)
+                update = (rate / correction1) * (m / ((v.sqrt() / correction2) + EPS))
+            else:  # rmsprop
+                v.copy_(torch.where(on, v * RMSPROP_ALPHA + (1 - RMSPROP_ALPHA) * g * g, v))
+                update = rate * (g / (v.sqrt() + EPS))
+            w.copy_(torch.where(on, w - update, w))  # where, not lr 0: a done network's state may be NaN

@@ -97,10 +97,11 @@ def family(activation: str) -> Family:
 
     def forward(params: dict, x: torch.Tensor, factors: list | None) -> torch.Tensor:
         s, b = x.shape[:2]
-        h = x.transpose(0, 1).reshape(b, s, 8, 8)  # network i's images are input channel i
+        # Network i's images are input channel i; channels-last measured fastest (bench/generate.py).
+        h = x.transpose(0, 1).reshape(b, s, 8, 8).contiguous(memory_format=torch.channels_last)
         for i, name in enumerate(("conv1", "conv2", "conv3")):
-            w = params[f"{name}.weight"]  # (S, 16, c_in, 3, 3)
-            h = act(F.conv2d(h, w.flatten(0, 1), params[f"{name}.bias"].flatten(), stride=2, padding=1, groups=s))
+            w = params[f"{name}.weight"].flatten(0, 1).contiguous(memory_format=torch.channels_last)
+            h = act(F.conv2d(h, w, params[f"{name}.bias"].flatten(), stride=2, padding=1, groups=s))
             if factors is not None:  # factors[i]: (S, B, 16, H, W) -> h's layout (B, S * 16, H, W)
                 h = h * factors[i].transpose(0, 1).reshape(h.shape)
         h = h.reshape(b, s, 16).transpose(0, 1)  # the 1x1 map: global average pooling is the identity
