@@ -58,6 +58,8 @@ ZOOS: dict[str, ZooDefinition] = {
         "1-2 layer transformers classifying digits rows as tokens",
         transformer.train_network,
         "test_accuracy",
+        train_block=transformer.train_block,
+        block_bytes=4 << 20,
     ),
 }
 
