@@ -122,6 +122,15 @@ def _block_size(definition: ZooDefinition, block_size: int | None, networks_per_
     return int(block_size)
 
 
+def _recorded_block_size(store: ZooStore) -> int | None:
+    """The block size generation.json records, if the folder holds a generated zoo (errors: see _prepare)."""
+    try:
+        found = json.loads(store.read_bytes(MANIFEST))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return int(found.get("block_size", 1)) if isinstance(found, dict) and found.get("zoo") else None
+
+
 def _prepare(store: ZooStore, wanted: dict, n: int) -> tuple[list[int], dict[int, list[dict]]]:
     """Check the folder, write the manifest, and split networks 0..n-1 into (to train, done rows)."""
     url = store.url
@@ -274,7 +283,6 @@ def generate(
     definition = _check_arguments(zoo, n, seed, workers, networks_per_task, block_size, block_memory_mb)
     n, seed = int(n), int(seed)
     options = _options(definition, copies)
-    block_size = _block_size(definition, block_size, networks_per_task)
     block_memory = None if block_memory_mb is None else int(block_memory_mb) << 20
     if definition.max_networks is not None and n > definition.max_networks(options):
         raise GenerateError(f"{zoo} with options {options} has at most {definition.max_networks(options)} networks")
@@ -284,6 +292,9 @@ def generate(
         store = ZooStore(out, storage_options)
     except (ValueError, ImportError) as exc:  # fsspec: unknown protocol, missing driver
         raise GenerateError(f"cannot open output location {out}: {exc}") from exc
+    if block_size is None and networks_per_task is None:  # resuming: the folder's path by default
+        block_size = _recorded_block_size(store)
+    block_size = _block_size(definition, block_size, networks_per_task)
     wanted = manifest(zoo, seed, options, definition.version, n, block_size, definition.block_version)
     todo, done = _prepare(store, wanted, n)
     bar = tqdm(total=n, initial=len(done), desc=f"generate {zoo}", unit="net", disable=not progress)
