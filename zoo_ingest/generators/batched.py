@@ -10,7 +10,7 @@ a network does alone it does here, per network:
   back to back, which is the same stream as one draw per layer);
 - its training subset and epoch count: each network walks its own batches; a batch shorter than the
   others (the end of an epoch) is padded, and padded rows have loss weight 0; a network whose epochs are
-  over stops stepping (done-mask) and leaves the stack when half of the stack is done;
+  over stops stepping (done-mask) and leaves the stack at the end of that step;
 - divergence: at the end of each of its epochs a network is checked; one that is no longer finite goes
   back to its last finite weights and stops, as in `classifier.train_classifier`.
 Checkpoint weights are kept as they are reached and evaluated together at the end (all snapshots on the
@@ -161,7 +161,7 @@ def _train(family: Family, nets: list[_Net], layout: _Layout, batch: int, dtype)
             else:
                 net.order = torch.randperm(len(net.subset), generator=net.generator)
         alive = [j for j, net in enumerate(members) if not net.done]
-        if len(alive) <= len(stack) // 2:  # finished networks leave the stack
+        if len(alive) < len(stack):  # finished networks leave the stack (a few copies of (S, P) tensors)
             keep = torch.tensor(alive, dtype=torch.long)
             flat = flat.detach()[keep].requires_grad_(True)
             optimizer.select(keep)
