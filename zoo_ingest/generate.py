@@ -49,7 +49,7 @@ __all__ = [
     "generate",
 ]
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
-DEFAULT_BLOCK_SIZE = 64  # networks per block on the batched path (see docs/zoos.md, "Batched generation")
+DEFAULT_BLOCK_SIZE = 128  # networks per block on the batched path: measured in bench/generate.py (docs/zoos.md)
 
 
 @dataclass(frozen=True)

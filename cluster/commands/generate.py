@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--networks-per-task", type=int, default=None, metavar="M",
                         help="per-network path only: networks per Ray task (default: chosen from N and the workers)")
     parser.add_argument("--block-size", type=int, default=None, metavar="S",
-                        help="networks trained at once per Ray task, in fixed blocks of ids (default 64 for zoos "
+                        help="networks trained at once per Ray task, in fixed blocks of ids (default 128 for zoos "
                              "with a batched path; 1: the per-network reference path)")
     parser.add_argument("--block-memory-mb", type=int, default=None, metavar="MB",
                         help="memory one block may use; a bigger block is split (default: 1/4 of what is free)")
