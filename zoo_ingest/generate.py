@@ -1,10 +1,15 @@
 """Train a built-in zoo with Ray tasks: `generate(zoo, out, n, seed)`, behind `metazoo generate`.
 
-Networks are trained in Ray tasks of several networks each, at most `workers` tasks at a time (bounded
-memory: a task holds one network, the driver only metadata rows). Each task writes its networks'
-checkpoints and parts straight to `out`; the driver merges the parts into `metadata.csv` at the end.
-A rerun into the same folder trains only the networks that are missing (see `generators/store.py`).
-The file layout and every column are documented in docs/zoos.md.
+Two paths, recorded in generation.json as `block_size`:
+- batched (block size S > 1, the default for zoos with a `train_block`): network ids are cut into fixed
+  blocks [b*S, (b+1)*S); one Ray task trains one block, all its networks at once. Blocks depend on the ids
+  and S only, never on the workers, so the same seed gives the same files whatever the scheduling.
+- per-network (block size 1, the reference): Ray tasks of several networks, trained one after the other.
+At most `workers` tasks run at a time. Each task writes its networks' checkpoints and parts straight to
+`out`; the driver merges the parts into `metadata.csv` at the end. A rerun into the same folder trains only
+the networks that are missing (see `generators/store.py`); a block with missing networks is trained whole
+again, so they train with the same companions as in a clean run. The file layout and every column are
+documented in docs/zoos.md.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from zoo_ingest.generators.store import (
     network_of,
     part_file,
 )
-from zoo_ingest.generators.worker import train_networks
+from zoo_ingest.generators.worker import train_block_task, train_networks
 
 __all__ = [
     "ZOOS",
@@ -44,6 +49,7 @@ __all__ = [
     "generate",
 ]
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+DEFAULT_BLOCK_SIZE = 128  # networks per block on the batched path: measured in bench/generate.py (docs/zoos.md)
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ def _options(definition: ZooDefinition, copies: int | None) -> dict:
     return options
 
 
-def _check_arguments(zoo: str, n, seed, workers, networks_per_task) -> ZooDefinition:
+def _check_arguments(zoo: str, n, seed, workers, networks_per_task, block_size, block_memory_mb) -> ZooDefinition:
     if zoo not in ZOOS:
         raise GenerateError(f"unknown zoo {zoo!r}; choose from {', '.join(ZOOS)}")
     for name, value, least in (
@@ -93,12 +99,36 @@ def _check_arguments(zoo: str, n, seed, workers, networks_per_task) -> ZooDefini
         ("seed", seed, 0),
         ("workers", workers, 0),
         ("networks_per_task", networks_per_task, 1),
+        ("block_size", block_size, 1),
+        ("block_memory_mb", block_memory_mb, 1),
     ):
-        if value is None and name in ("workers", "networks_per_task"):
+        if value is None and name not in ("n", "seed"):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise GenerateError(f"{name} must be an integer >= {least}, got {value!r}")
     return ZOOS[zoo]
+
+
+def _block_size(definition: ZooDefinition, block_size: int | None, networks_per_task: int | None) -> int:
+    if block_size is None:
+        block_size = 1 if definition.train_block is None or networks_per_task is not None else DEFAULT_BLOCK_SIZE
+    if block_size > 1 and definition.train_block is None:
+        raise GenerateError(f"block_size {block_size}: {definition.name} has no batched path; use block_size 1")
+    if block_size > 1 and networks_per_task is not None:
+        raise GenerateError(
+            f"networks_per_task applies to the per-network path (block_size 1), not to block_size {block_size}: "
+            "on the batched path each Ray task trains one block"
+        )
+    return int(block_size)
+
+
+def _recorded_block_size(store: ZooStore) -> int | None:
+    """The block size generation.json records, if the folder holds a generated zoo (errors: see _prepare)."""
+    try:
+        found = json.loads(store.read_bytes(MANIFEST))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return int(found.get("block_size", 1)) if isinstance(found, dict) and found.get("zoo") else None
 
 
 def _prepare(store: ZooStore, wanted: dict, n: int) -> tuple[list[int], dict[int, list[dict]]]:
@@ -146,16 +176,33 @@ def _chunks(todo: list[int], workers: int, networks_per_task: int | None) -> lis
     return [todo[i : i + size] for i in range(0, len(todo), size)]
 
 
-def _train(zoo, seed, options, todo, store, workers, networks_per_task, address, bar) -> dict[int, list]:
+def _blocks(todo: list[int], n: int, block_size: int) -> list[tuple[list[int], list[int]]]:
+    """(the block's ids, the ones to write) for each fixed block [b*S, min((b+1)*S, n)) with work left."""
+    wanted: dict[int, list[int]] = {}
+    for k in todo:
+        wanted.setdefault(k // block_size, []).append(k)
+    return [(list(range(b * block_size, min((b + 1) * block_size, n))), ids) for b, ids in sorted(wanted.items())]
+
+
+def _train(zoo, seed, options, todo, store, plan, address, bar) -> dict[int, list]:
+    """Run the tasks of `plan` (workers, networks_per_task, block_size, block_memory, n); the rows by network."""
     results: dict[int, list[dict]] = {}
     url, storage = store.task_url, store.storage_options
+    workers, networks_per_task, block_size, block_memory, n = plan
     if not todo:
         bar.close()
         return results
+
+    def jobs(workers: int) -> list[tuple]:  # (arguments after (zoo, seed, options), ids written)
+        if block_size == 1:
+            return [((ids, url, storage), ids) for ids in _chunks(todo, workers, networks_per_task)]
+        return [((block, write, url, storage, block_memory), write) for block, write in _blocks(todo, n, block_size)]
+
+    function = train_networks if block_size == 1 else train_block_task
     if workers == 0:  # in this process, without Ray (debugging)
         with bar:
-            for ids in _chunks(todo, 1, networks_per_task):
-                results.update(train_networks(zoo, seed, options, ids, url, storage))
+            for arguments, ids in jobs(1):
+                results.update(function(zoo, seed, options, *arguments))
                 bar.update(len(ids))
         return results
 
@@ -165,14 +212,14 @@ def _train(zoo, seed, options, todo, store, workers, networks_per_task, address,
 
     ensure_ray(address)
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(num_cpus=1)(train_networks)
-    queue, pending = deque(_chunks(todo, workers, networks_per_task)), {}
+    task = ray.remote(num_cpus=1)(function)
+    queue, pending = deque(jobs(workers)), {}
     with bar:
         try:
             while queue or pending:
                 while queue and len(pending) < workers:
-                    ids = queue.popleft()
-                    pending[task.remote(zoo, seed, options, ids, url, storage)] = ids
+                    arguments, ids = queue.popleft()
+                    pending[task.remote(zoo, seed, options, *arguments)] = ids
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 ids = pending.pop(ready[0])
                 try:
@@ -210,6 +257,8 @@ def generate(
     *,
     workers: int | None = None,
     networks_per_task: int | None = None,
+    block_size: int | None = None,
+    block_memory_mb: int | None = None,
     copies: int | None = None,
     address: str | None = None,
     storage_options: dict | None = None,
@@ -219,17 +268,22 @@ def generate(
     """Train networks 0..n-1 of a built-in zoo into `out` (any fsspec URL) and write its metadata.csv.
 
     `workers`: tasks running at once (default: the Ray cluster's CPUs; 0 trains in this process without
-    Ray). `copies` (digits-siren): fits per image. `storage_options` (`endpoint_url`, `region`, `key`,
-    `secret` for S3) override the AWS environment variables; the Ray tasks get them too.
-    Networks already complete in `out` are not retrained; `out` must be empty, new, or hold the same zoo
-    (same zoo name, seed and options). Shows a progress bar when `progress` is true and prints the spread
-    of the final metric when `summary` is true. Raises GenerateError on bad arguments, an unwritable
-    location or a folder that holds another zoo.
+    Ray). `block_size`: networks trained at once per task (default DEFAULT_BLOCK_SIZE for zoos with a
+    batched path, else 1; 1 is the per-network path, the only one `networks_per_task` applies to).
+    `block_memory_mb`: memory a task may use for one block (default: a quarter of what is available);
+    a block that would need more is split. `copies` (digits-siren): fits per image. `storage_options`
+    (`endpoint_url`, `region`, `key`, `secret` for S3) override the AWS environment variables; the Ray
+    tasks get them too. Networks already complete in `out` are not retrained; `out` must be empty, new,
+    or hold the same zoo (same zoo name, seed, options and block size). Shows a progress bar when
+    `progress` is true and prints the spread of the final metric when `summary` is true. Raises
+    GenerateError on bad arguments (naming the argument), an unwritable location or a folder that holds
+    another zoo.
     """
     started = time.perf_counter()
-    definition = _check_arguments(zoo, n, seed, workers, networks_per_task)
+    definition = _check_arguments(zoo, n, seed, workers, networks_per_task, block_size, block_memory_mb)
     n, seed = int(n), int(seed)
     options = _options(definition, copies)
+    block_memory = None if block_memory_mb is None else int(block_memory_mb) << 20
     if definition.max_networks is not None and n > definition.max_networks(options):
         raise GenerateError(f"{zoo} with options {options} has at most {definition.max_networks(options)} networks")
     if not isinstance(out, str) or not out.strip():
@@ -238,9 +292,14 @@ def generate(
         store = ZooStore(out, storage_options)
     except (ValueError, ImportError) as exc:  # fsspec: unknown protocol, missing driver
         raise GenerateError(f"cannot open output location {out}: {exc}") from exc
-    todo, done = _prepare(store, manifest(zoo, seed, options, definition.version, n), n)
+    if block_size is None and networks_per_task is None:  # resuming: the folder's path by default
+        block_size = _recorded_block_size(store)
+    block_size = _block_size(definition, block_size, networks_per_task)
+    wanted = manifest(zoo, seed, options, definition.version, n, block_size, definition.block_version)
+    todo, done = _prepare(store, wanted, n)
     bar = tqdm(total=n, initial=len(done), desc=f"generate {zoo}", unit="net", disable=not progress)
-    done.update(_train(zoo, seed, options, todo, store, workers, networks_per_task, address, bar))
+    plan = (workers, networks_per_task, block_size, block_memory, n)
+    done.update(_train(zoo, seed, options, todo, store, plan, address, bar))
     rows = [row for k in range(n) for row in sorted(done[k], key=lambda r: r["step"])]
     try:
         store.write_bytes(METADATA, metadata_csv(rows))

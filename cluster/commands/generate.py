@@ -1,4 +1,4 @@
-"""`metazoo generate ZOO --out URI [--n N] [--seed S] [--workers K]`: train a built-in zoo.
+"""`metazoo generate ZOO --out URI [--n N] [--seed S] [--workers K] [--block-size S]`: train a built-in zoo.
 
 Writes one .safetensors file per checkpoint and metadata.csv under URI (see docs/zoos.md), then prints
 the spread of the zoo's final metric. Rerunning the same command after an interruption trains only the
@@ -23,7 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Ray tasks running at once (default: the cluster's CPUs; 0: in this process, without Ray)",
     )
     parser.add_argument("--networks-per-task", type=int, default=None, metavar="M",
-                        help="networks trained per Ray task (default: chosen from N and the workers)")
+                        help="per-network path only: networks per Ray task (default: chosen from N and the workers)")
+    parser.add_argument("--block-size", type=int, default=None, metavar="S",
+                        help="networks trained at once per Ray task, in fixed blocks of ids (default 128 for zoos "
+                             "with a batched path; 1: the per-network reference path)")
+    parser.add_argument("--block-memory-mb", type=int, default=None, metavar="MB",
+                        help="memory one block may use; a bigger block is split (default: 1/4 of what is free)")
     parser.add_argument("--copies", type=int, default=None,
                         help="digits-siren only: fits per image from different initialisations (default 1)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -44,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         with console("generate", log_dir_for(None), verbose=args.verbose):
             result = generate(
                 args.zoo, args.out, args.n, args.seed, workers=args.workers,
-                networks_per_task=args.networks_per_task, copies=args.copies, address=args.address,
+                networks_per_task=args.networks_per_task, block_size=args.block_size,
+                block_memory_mb=args.block_memory_mb, copies=args.copies, address=args.address,
                 storage_options=storage, progress=not args.no_progress, summary=False,
             )
     except (GenerateError, ConnectionError) as exc:

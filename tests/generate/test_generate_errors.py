@@ -37,6 +37,10 @@ def snapshot(folder) -> dict[str, bytes]:
         ("digits-cnn", 3, {"copies": 2}, "--copies applies to digits-siren only"),
         ("digits-siren", 3, {"copies": 0}, "copies must be a positive integer"),
         ("digits-siren", 1798, {}, "at most 1797 networks"),
+        ("digits-cnn", 3, {"block_size": 0}, "block_size must be an integer >= 1, got 0"),
+        ("digits-cnn", 3, {"block_size": 2.5}, "block_size must be an integer >= 1, got 2.5"),
+        ("digits-cnn", 3, {"block_memory_mb": 0}, "block_memory_mb must be an integer >= 1, got 0"),
+        ("digits-cnn", 3, {"block_size": 4, "networks_per_task": 2}, "networks_per_task applies to the per-network"),
     ],
 )
 def test_bad_arguments_fail_before_writing(tmp_path, zoo, n, kw, message):
@@ -53,6 +57,35 @@ def test_unusable_output_urls(tmp_path):
         quiet("digits-cnn", "nosuchfs://zoo", 2)
     with pytest.raises(GenerateError, match="out must be a folder path or URL"):
         quiet("digits-cnn", "  ", 2)
+
+
+def test_a_zoo_without_a_batched_path_refuses_a_block_size(tmp_path, monkeypatch):
+    import dataclasses
+
+    from zoo_ingest.generators import ZOOS
+
+    monkeypatch.setitem(ZOOS, "digits-cnn", dataclasses.replace(ZOOS["digits-cnn"], train_block=None))
+    with pytest.raises(GenerateError, match="block_size 4: digits-cnn has no batched path; use block_size 1"):
+        quiet("digits-cnn", tmp_path / "zoo", 2, block_size=4)
+    assert not (tmp_path / "zoo").exists()
+
+
+def test_a_folder_of_one_path_is_not_extended_by_the_other(tmp_path):
+    quiet("digits-cnn", tmp_path, 2, block_size=2)
+    before = snapshot(tmp_path)
+    with pytest.raises(GenerateError, match=r"block_size: folder has 2, this run 1"):
+        quiet("digits-cnn", tmp_path, 3, block_size=1)
+    with pytest.raises(GenerateError, match=r"block_size: folder has 2, this run 3"):
+        quiet("digits-cnn", tmp_path, 3, block_size=3)
+    assert snapshot(tmp_path) == before
+    again = quiet("digits-cnn", tmp_path, 3)  # no block size: the folder's
+    assert again.trained == (2,)
+    # A folder written before block sizes were recorded is a per-network one.
+    quiet("digits-siren", tmp_path / "old", 1)
+    manifest = json.loads((tmp_path / "old" / "generation.json").read_text())
+    del manifest["block_size"], manifest["block_version"]
+    (tmp_path / "old" / "generation.json").write_text(json.dumps(manifest))
+    assert quiet("digits-siren", tmp_path / "old", 2, block_size=1).trained == (1,)
 
 
 def test_negative_workers_are_refused(tmp_path):

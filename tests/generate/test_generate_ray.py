@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -50,6 +51,7 @@ def cnn_zoo(ray_local, tmp_path_factory):
     [("digits-cnn", 8, {}), ("digits-siren", 6, {"copies": 2}), ("digits-transformer", 4, {})],
 )
 def test_same_seed_gives_identical_files_whatever_the_workers(ray_local, tmp_path, zoo, n, extra):
+    # The per-network path (block size 1): any number of networks per task.
     a = run(zoo, tmp_path / "a", n, seed=5, workers=2, networks_per_task=1, **extra)
     b = run(zoo, tmp_path / "b", n, seed=5, workers=1, networks_per_task=n, **extra)
     c = run(zoo, tmp_path / "c", n, seed=5, workers=0, networks_per_task=3, **extra)  # in-process
@@ -57,9 +59,50 @@ def test_same_seed_gives_identical_files_whatever_the_workers(ray_local, tmp_pat
     fa = files(tmp_path / "a")
     assert len(fa) == a.checkpoints + 1
     assert fa == files(tmp_path / "b") == files(tmp_path / "c")
-    other = run(zoo, tmp_path / "d", n, seed=6, workers=2, **extra)
+    other = run(zoo, tmp_path / "d", n, seed=6, workers=2, block_size=1, **extra)
     first = sorted(f for f in fa if f.endswith(".safetensors"))[0]
     assert other.checkpoints >= 1 and files(tmp_path / "d").get(first) != fa[first]
+
+
+@pytest.mark.parametrize("zoo,n", [("digits-cnn", 10), ("digits-transformer", 6)])
+def test_the_batched_path_gives_identical_files_whatever_the_workers(ray_local, tmp_path, zoo, n):
+    a = run(zoo, tmp_path / "a", n, seed=5, workers=2, block_size=4)  # blocks [0, 4), [4, 8), [8, n)
+    b = run(zoo, tmp_path / "b", n, seed=5, workers=1, block_size=4)
+    c = run(zoo, tmp_path / "c", n, seed=5, workers=0, block_size=4)
+    assert a.trained == b.trained == c.trained == tuple(range(n))
+    fa = files(tmp_path / "a")
+    assert len(fa) == a.checkpoints + 1
+    assert fa == files(tmp_path / "b") == files(tmp_path / "c")
+    # Same hparams, activations and step-0 weights as the per-network path; same metadata columns.
+    run(zoo, tmp_path / "alone", n, seed=5, workers=2, block_size=1)
+    fd = files(tmp_path / "alone")
+    step0 = [f for f in fd if f.endswith("_step-00000.safetensors")]
+    assert len(step0) == n and all(fa[f] == fd[f] for f in step0)
+    batched, reference = read_metadata(tmp_path / "a"), read_metadata(tmp_path / "alone")
+    assert list(batched[0]) == list(reference[0])  # the same columns, in the same order
+    hparams = [c for c in reference[0] if c.startswith("hparam.") or c in ("network_id", "split", "activation")]
+    assert {tuple(r[c] for c in hparams) for r in batched} == {tuple(r[c] for c in hparams) for r in reference}
+    manifest = json.loads((tmp_path / "a" / "generation.json").read_text())
+    assert (manifest["block_size"], manifest["block_version"]) == (4, 1)
+    assert json.loads((tmp_path / "alone" / "generation.json").read_text())["block_size"] == 1
+
+
+def test_a_block_split_for_memory_trains_the_same_networks(tmp_path):
+    from zoo_ingest.generators.worker import networks_at_once
+
+    assert networks_at_once("digits-cnn", 8, block_memory=4 << 20) == 2  # 2 MB per CNN
+    assert networks_at_once("digits-cnn", 8, block_memory=1) == 1
+    assert networks_at_once("digits-cnn", 8) == 8  # what this machine has free
+    whole = run("digits-cnn", tmp_path / "whole", 6, seed=2, workers=0, block_size=6)
+    parts = run("digits-cnn", tmp_path / "parts", 6, seed=2, workers=0, block_size=6, block_memory_mb=4)
+    assert parts.trained == whole.trained == tuple(range(6))
+    a, b = read_metadata(tmp_path / "whole"), read_metadata(tmp_path / "parts")
+    assert [r["file"] for r in a] == [r["file"] for r in b]
+    for ra, rb in zip(a, b):  # companions change only the float rounding of the batched kernels
+        assert float(ra["test_loss"]) == pytest.approx(float(rb["test_loss"]), abs=1e-3)
+        sa, sb = load_file(tmp_path / "whole" / ra["file"]), load_file(tmp_path / "parts" / rb["file"])
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=1e-3)
 
 
 def test_rerun_trains_only_what_is_missing(ray_local, tmp_path):
@@ -78,7 +121,7 @@ def test_rerun_trains_only_what_is_missing(ray_local, tmp_path):
     (out / "metadata.csv").write_bytes(text[: len(text) // 2])
     (out / ".net-000005_step-00000.safetensors.tmp-0123").write_bytes(b"partial")
 
-    second = run("digits-cnn", out, 10, seed=3, workers=2)
+    second = run("digits-cnn", out, 10, seed=3, workers=2)  # the batched path: one block [0, 10)
     assert second.trained == (3, 7)
     rewritten = sorted(k for k, p in parts.items() if p.stat().st_mtime_ns != written.get(k))
     assert rewritten == [3, 7]  # counted from the files, not from the driver's report
@@ -92,12 +135,13 @@ def test_rerun_trains_only_what_is_missing(ray_local, tmp_path):
     assert [r for r in rows if int(r["network_id"]) < 10] == read_metadata_from(complete)
 
 
-def test_a_killed_run_resumes_where_it_stopped(ray_local, tmp_path):
+@pytest.mark.parametrize("path", [["--block-size", "1", "--networks-per-task", "1"], ["--block-size", "3"]])
+def test_a_killed_run_resumes_where_it_stopped(ray_local, tmp_path, path):
     out = tmp_path / "zoo"
     argv = [sys.executable, "-m", "cluster.cli", "generate", "digits-cnn", "--out", str(out), "--n", "12",
-            "--seed", "4", "--workers", "0", "--networks-per-task", "1", "--no-progress"]
+            "--seed", "4", "--workers", "0", "--no-progress", *path]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         if (out / "_parts").is_dir() and len(os.listdir(out / "_parts")) >= 3:
             break
@@ -107,9 +151,9 @@ def test_a_killed_run_resumes_where_it_stopped(ray_local, tmp_path):
     proc.wait()
     assert not (out / "metadata.csv").exists()
     finished = {int(name[4:10]) for name in os.listdir(out / "_parts")}
-    resumed = run("digits-cnn", out, 12, seed=4, workers=2)
+    resumed = run("digits-cnn", out, 12, seed=4, workers=2)  # the folder's block size by default
     assert set(resumed.trained) == set(range(12)) - finished and len(finished) >= 3
-    clean = run("digits-cnn", tmp_path / "clean", 12, seed=4, workers=2)
+    clean = run("digits-cnn", tmp_path / "clean", 12, seed=4, workers=2, block_size=int(path[1]))
     assert files(out) == files(tmp_path / "clean") and clean.checkpoints == resumed.checkpoints
 
 

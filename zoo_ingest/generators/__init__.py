@@ -1,7 +1,12 @@
 """The built-in zoos: what each trains, the options it takes, and how its spread is summarised.
 
 Each zoo module exposes `train_network(k, seed, options) -> NetworkRun`, a pure function of its arguments:
-network k's weights depend on (zoo, seed, k, options) only.
+network k's weights depend on (zoo, seed, k, options) only. A zoo with a batched path also exposes
+`train_block(ids, seed, options) -> [NetworkRun, ...]` (one per id, same order), which trains the networks
+`ids` together (grouped by architecture and activation inside the zoo module). Each network keeps the
+hyper-parameters and initial weights `train_network` gives it; its trained weights may differ from the
+per-network path by float rounding, and depend on which networks share its block, so blocks are fixed by
+network id (see zoo_ingest/generate.py).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ class ZooDefinition:
     options: dict = field(default_factory=dict)  # accepted options and their defaults
     version: int = 1  # bump whenever the same (seed, k) would give different weights
     max_networks: Callable[[dict], int] | None = None
+    train_block: Callable[[list[int], int, dict], list[NetworkRun]] | None = None  # the batched path
+    block_version: int = 1  # bump whenever train_block would give different weights for the same block
+    block_bytes: int = 4 << 20  # estimated memory of one network while a block trains (splits big blocks)
 
 
 ZOOS: dict[str, ZooDefinition] = {
@@ -34,6 +42,8 @@ ZOOS: dict[str, ZooDefinition] = {
         "Small-CNN-Zoo CNNs (4,970 parameters) classifying digits",
         cnn.train_network,
         "test_accuracy",
+        train_block=cnn.train_block,
+        block_bytes=2 << 20,
     ),
     "digits-siren": ZooDefinition(
         "digits-siren",
@@ -48,6 +58,8 @@ ZOOS: dict[str, ZooDefinition] = {
         "1-2 layer transformers classifying digits rows as tokens",
         transformer.train_network,
         "test_accuracy",
+        train_block=transformer.train_block,
+        block_bytes=4 << 20,
     ),
 }
 

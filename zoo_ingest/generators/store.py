@@ -114,7 +114,17 @@ class ZooStore:
             self.fs.rm(self.path(relpath))
 
 
-def manifest(zoo: str, seed: int, options: dict, generator_version: int, networks: int) -> dict:
+def manifest(
+    zoo: str,
+    seed: int,
+    options: dict,
+    generator_version: int,
+    networks: int,
+    block_size: int = 1,
+    block_version: int | None = None,
+) -> dict:
+    """`block_size` 1 is the per-network path; S > 1 the batched path with blocks [b*S, (b+1)*S), whose
+    code version is `block_version` (the two paths give different weights, so a folder records which)."""
     return dict(
         format=FORMAT,
         format_version=FORMAT_VERSION,
@@ -122,13 +132,19 @@ def manifest(zoo: str, seed: int, options: dict, generator_version: int, network
         seed=seed,
         options=dict(sorted(options.items())),
         generator_version=generator_version,
+        block_size=block_size,
+        block_version=block_version if block_size > 1 else None,
         networks=networks,
     )
 
 
+_BEFORE_BLOCKS = dict(block_size=1, block_version=None)  # what a manifest without these keys means
+
+
 def check_manifest(url: str, found: dict, wanted: dict) -> None:
-    """Fail unless the folder's manifest describes the same zoo (same zoo, seed, options, code version)."""
-    keys = ("format", "format_version", "zoo", "seed", "options", "generator_version")
+    """Fail unless the folder's manifest describes the same zoo (zoo, seed, options, code version, block size)."""
+    keys = ("format", "format_version", "zoo", "seed", "options", "generator_version", "block_size", "block_version")
+    found = {**_BEFORE_BLOCKS, **found}
     differ = [k for k in keys if found.get(k) != wanted.get(k)]
     if differ:
         detail = "; ".join(f"{k}: folder has {found.get(k)!r}, this run {wanted.get(k)!r}" for k in differ)

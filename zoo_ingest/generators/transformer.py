@@ -8,12 +8,15 @@ Transformer-NFN weight space, and the feed-forward block is its W_A, b_A, W_B, b
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from zoo_ingest.generators.classifier import OPTIMIZERS, NetworkRun, apply_dropout, train_classifier
+from zoo_ingest.generators.batched import Family, train_classifiers
+from zoo_ingest.generators.classifier import OPTIMIZERS, NetworkRun, apply_dropout, snapshot, train_classifier
 from zoo_ingest.generators.sampling import choice, log_uniform, network_rng, split_of_rank, torch_generator
 
 ZOO = "digits-transformer"
@@ -116,12 +119,79 @@ def init_weights(model: DigitsTransformer, scale: float, generator: torch.Genera
                 param.zero_()
 
 
-def train_network(k: int, seed: int, options: dict) -> NetworkRun:
-    """Network k of the zoo; its checkpoints train lazily as they are iterated."""
+def _start(k: int, seed: int, models: dict) -> tuple[dict, torch.Generator, DigitsTransformer]:
+    """Network k's hyper-parameters, its generator (after initialisation) and its initialised model;
+    `models` caches one model per depth (initialisation sets every parameter)."""
     rng = network_rng(ZOO, seed, k)
     hparams = sample_hparams(rng)
     generator = torch_generator(rng)
-    model = DigitsTransformer(hparams["num_layers"])
+    model = models.get(hparams["num_layers"]) or models.setdefault(
+        hparams["num_layers"], DigitsTransformer(hparams["num_layers"])
+    )
     init_weights(model, hparams["init_scale"], generator)
+    return hparams, generator, model
+
+
+def train_network(k: int, seed: int, options: dict) -> NetworkRun:
+    """Network k of the zoo; its checkpoints train lazily as they are iterated."""
+    hparams, generator, model = _start(k, seed, {})
     checkpoints = train_classifier(model, hparams, generator, BATCH_SIZE)
     return NetworkRun(hparams, "relu", split_of_rank(k), checkpoints)
+
+
+@functools.cache
+def family(num_layers: int) -> Family:
+    """S stacked digits transformers of one depth: every linear map is a batched matmul over the S networks."""
+
+    def forward(params: dict, x: torch.Tensor, factors: list | None) -> torch.Tensor:
+        s, b = x.shape[:2]
+
+        def linear(h: torch.Tensor, key: str, bias: bool = True) -> torch.Tensor:  # (S, ..., in) -> (S, ..., out)
+            w = params[f"{key}.weight"].transpose(1, 2)  # (S, in, out)
+            flat = h.reshape(s, -1, h.shape[-1])
+            y = torch.baddbmm(params[f"{key}.bias"].unsqueeze(1), flat, w) if bias else torch.bmm(flat, w)
+            return y.view(*h.shape[:-1], w.shape[-1])
+
+        def norm(h: torch.Tensor, key: str) -> torch.Tensor:  # LayerNorm over d with per-network affine
+            shape = (s,) + (1,) * (h.dim() - 2) + (h.shape[-1],)
+            y = F.layer_norm(h, h.shape[-1:])
+            return y * params[f"{key}.weight"].view(shape) + params[f"{key}.bias"].view(shape)
+
+        h = linear(x, "embedding") + params["position_embedding"].unsqueeze(1)  # (S, B, T, d)
+        dh = D_MODEL // HEADS
+        for i in range(num_layers):
+            pre = f"layers.{i}"
+            a = norm(h, f"{pre}.norm1")
+            q, k, v = (
+                linear(a, f"{pre}.attn.{name}", bias=False).view(s, b, TOKENS, HEADS, dh).transpose(2, 3)
+                for name in ("queries", "keys", "values")
+            )  # (S, B, H, T, dh)
+            weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1)
+            heads = (weights @ v).transpose(2, 3).reshape(s, b, TOKENS, D_MODEL)
+            branch = linear(heads, f"{pre}.attn.out_projection", bias=False)
+            h = h + (branch if factors is None else branch * factors[2 * i])
+            branch = linear(torch.relu(linear(norm(h, f"{pre}.norm2"), f"{pre}.fc1")), f"{pre}.fc2")
+            h = h + (branch if factors is None else branch * factors[2 * i + 1])
+        return linear(norm(h, "norm").mean(dim=2), "classifier")
+
+    return Family(forward, ((TOKENS, D_MODEL),) * (2 * num_layers))
+
+
+def train_block(ids: list[int], seed: int, options: dict) -> list[NetworkRun]:
+    """Networks `ids` trained together, one stack per depth; hyper-parameters and initial weights are network
+    k's own (as in `train_network`). Returns one NetworkRun per id, in order."""
+    starts, models = [], {}
+    for k in ids:
+        hparams, generator, model = _start(k, seed, models)
+        starts.append((k, hparams, generator, snapshot(model)))
+    runs = {}
+    for depth in (1, 2):
+        group = [s for s in starts if s[1]["num_layers"] == depth]
+        if not group:
+            continue
+        checkpoints = train_classifiers(
+            family(depth), [s[3] for s in group], [s[1] for s in group], [s[2] for s in group], BATCH_SIZE
+        )
+        for (k, hparams, _, _), cps in zip(group, checkpoints):
+            runs[k] = NetworkRun(hparams, "relu", split_of_rank(k), iter(cps))
+    return [runs[k] for k in ids]
