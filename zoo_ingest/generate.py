@@ -74,8 +74,12 @@ class GenerationResult:
         return "\n".join(lines)
 
 
-def _options(definition: ZooDefinition, copies: int | None) -> dict:
+def _options(definition: ZooDefinition, copies: int | None, extra: dict | None = None) -> dict:
     options = dict(definition.options)
+    for key, value in (extra or {}).items():
+        if key not in options or key == "copies":
+            raise GenerateError(f"option {key!r} does not apply to {definition.name}; it takes {sorted(options)}")
+        options[key] = value
     if copies is not None:
         if "copies" not in options:
             raise GenerateError(f"--copies applies to digits-siren only, not to {definition.name}")
@@ -211,6 +215,7 @@ def generate(
     workers: int | None = None,
     networks_per_task: int | None = None,
     copies: int | None = None,
+    options: dict | None = None,
     address: str | None = None,
     storage_options: dict | None = None,
     progress: bool = True,
@@ -219,8 +224,10 @@ def generate(
     """Train networks 0..n-1 of a built-in zoo into `out` (any fsspec URL) and write its metadata.csv.
 
     `workers`: tasks running at once (default: the Ray cluster's CPUs; 0 trains in this process without
-    Ray). `copies` (digits-siren): fits per image. `storage_options` (`endpoint_url`, `region`, `key`,
-    `secret` for S3) override the AWS environment variables; the Ray tasks get them too.
+    Ray). `copies` (digits-siren): fits per image; `options`: the zoo's other options (digits-siren:
+    `init`, `size`, `steps`, `augment`, `psnr_floor`; see `generators/siren.py`). `storage_options`
+    (`endpoint_url`, `region`, `key`, `secret` for S3) override the AWS environment variables;
+    the Ray tasks get them too.
     Networks already complete in `out` are not retrained; `out` must be empty, new, or hold the same zoo
     (same zoo name, seed and options). Shows a progress bar when `progress` is true and prints the spread
     of the final metric when `summary` is true. Raises GenerateError on bad arguments, an unwritable
@@ -229,7 +236,7 @@ def generate(
     started = time.perf_counter()
     definition = _check_arguments(zoo, n, seed, workers, networks_per_task)
     n, seed = int(n), int(seed)
-    options = _options(definition, copies)
+    options = _options(definition, copies, options)
     if definition.max_networks is not None and n > definition.max_networks(options):
         raise GenerateError(f"{zoo} with options {options} has at most {definition.max_networks(options)} networks")
     if not isinstance(out, str) or not out.strip():

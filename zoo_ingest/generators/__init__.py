@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from zoo_ingest.generators import cnn, siren, transformer
 from zoo_ingest.generators.classifier import NetworkRun
 from zoo_ingest.generators.cnn import build_digits_cnn
-from zoo_ingest.generators.digits import NUM_IMAGES
 from zoo_ingest.generators.siren import build_siren
 from zoo_ingest.generators.transformer import build_digits_transformer
 
@@ -26,6 +25,8 @@ class ZooDefinition:
     options: dict = field(default_factory=dict)  # accepted options and their defaults
     version: int = 1  # bump whenever the same (seed, k) would give different weights
     max_networks: Callable[[dict], int] | None = None
+    # Many networks at once: (ids, seed, options) -> one NetworkRun per id, in the same order.
+    train_block: Callable[[list[int], int, dict], list[NetworkRun]] | None = None
 
 
 ZOOS: dict[str, ZooDefinition] = {
@@ -40,8 +41,10 @@ ZOOS: dict[str, ZooDefinition] = {
         "SIRENs 2-32-32-1 each fitted to one digits image",
         siren.train_network,
         "psnr",
-        options={"copies": 1},
-        max_networks=lambda options: NUM_IMAGES * int(options["copies"]),
+        options=dict(siren.OPTIONS),
+        version=2,  # 2: the shared-init recipe became the default, fitted in blocks
+        max_networks=siren.max_networks,
+        train_block=siren.train_block,
     ),
     "digits-transformer": ZooDefinition(
         "digits-transformer",
