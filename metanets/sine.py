@@ -88,3 +88,61 @@ def random_orbit_member(ws: WeightSpace, omega_0: float, generator: torch.Genera
     g = symmetry.sample(ws.spec, ws.batch_size, scale=None, group="perm_sign", generator=generator,
                         dtype=ws.weights[0].dtype)
     return act_phase(sample_phase(ws.spec, ws.batch_size, max_shift, generator), symmetry.act(g, ws), omega_0)
+
+
+def canonical_phase(ws: WeightSpace, omega_0: float) -> PhaseShift:
+    """The shift that brings every hidden bias into [-pi / (2 omega_0), pi / (2 omega_0)]: k = -round(b omega_0 / pi).
+
+    Ties round half to even, which is odd-symmetric, so the map commutes with sign flips and permutations.
+    """
+    return PhaseShift(tuple(-torch.round(b[:, 0] * (omega_0 / math.pi)).long() for b in ws.biases[:-1]))
+
+
+def canonicalize_phase(ws: WeightSpace, omega_0: float) -> WeightSpace:
+    """The canonical member of each network's phase orbit (DESIGN.md fact 4, for the pi phase part).
+
+    `canonicalize_phase(act_phase(g, ws)) == canonicalize_phase(ws)` for every shift g, and for a permutation
+    or sign element s, `canonicalize_phase(act(s, ws)) == act(s, canonicalize_phase(ws))`: a model invariant to
+    permutations and signs, fed the canonical form, is invariant to the whole discrete group. One channel.
+    """
+    return act_phase(canonical_phase(ws, omega_0), ws, omega_0)
+
+
+class PhaseCanonical(torch.nn.Module):
+    """`model(canonicalize_phase(ws))`: lifts a permutation x sign invariant model to the phase shifts too."""
+
+    def __init__(self, model: torch.nn.Module, omega_0: float = DIGITS_SIREN_OMEGA_0):
+        super().__init__()
+        self.model, self.omega_0 = model, float(omega_0)
+        self.spec, self.name = model.spec, f"{model.name}_phase"
+        self.invariant_to = "perm_sign_phase" if model.invariant_to == "perm_sign" else model.invariant_to
+        self.invariance_exact = model.invariance_exact
+
+    @property
+    def num_params(self) -> int:
+        return self.model.num_params
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.model.head
+
+    @property
+    def pool(self) -> torch.nn.Module:
+        return self.model.pool
+
+    def features(self, ws: WeightSpace) -> WeightSpace:
+        return self.model.features(canonicalize_phase(ws, self.omega_0))
+
+    def forward(self, ws: WeightSpace) -> torch.Tensor:
+        return self.model(canonicalize_phase(ws, self.omega_0))
+
+
+def phase_canonical_builder(build):
+    """A model builder `build(spec, **kwargs)` made invariant to pi phase shifts (kwarg `omega_0`)."""
+
+    def builder(spec: NetworkSpec, omega_0: float = DIGITS_SIREN_OMEGA_0, **kwargs) -> PhaseCanonical:
+        if spec.activation != "sine":
+            raise ValueError(f"phase canonicalisation needs sine networks, got {spec.activation!r} ones")
+        return PhaseCanonical(build(spec, **kwargs), omega_0)
+
+    return builder

@@ -107,3 +107,51 @@ def test_bad_phase_arguments(fitted):
     with pytest.raises(ValueError, match="max_shift must be >= 0"):
         sample_phase(fitted.spec, 2, max_shift=-1)
     assert symmetry.identity(fitted.spec, 2).batch_size == 2
+
+
+def test_phase_canonical_form_is_one_point_per_phase_orbit(fitted):
+    from metanets.sine import canonicalize_phase
+
+    canon = canonicalize_phase(fitted, DIGITS_SIREN_OMEGA_0)
+    half = math.pi / (2 * DIGITS_SIREN_OMEGA_0)
+    assert all(float(b.abs().max()) <= half + 1e-12 for b in canon.biases[:-1])
+    torch.testing.assert_close(outputs(canon), outputs(fitted), rtol=0, atol=TOL)
+    g = sample_phase(fitted.spec, fitted.batch_size, 3, torch.Generator().manual_seed(5))
+    again = canonicalize_phase(act_phase(g, fitted, DIGITS_SIREN_OMEGA_0), DIGITS_SIREN_OMEGA_0)
+    for a, b in zip(again.weights + again.biases, canon.weights + canon.biases):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+
+
+def test_phase_canonical_form_commutes_with_permutations_and_signs(fitted):
+    from metanets.sine import canonicalize_phase
+
+    s = symmetry.sample(fitted.spec, fitted.batch_size, scale=None, generator=torch.Generator().manual_seed(6))
+    left = canonicalize_phase(symmetry.act(s, fitted), DIGITS_SIREN_OMEGA_0)
+    right = symmetry.act(s, canonicalize_phase(fitted, DIGITS_SIREN_OMEGA_0))
+    for a, b in zip(left.weights + left.biases, right.weights + right.biases):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+
+
+def test_phase_canonical_model_is_invariant_to_the_whole_discrete_group(fitted):
+    from metanets import build_model
+
+    torch.manual_seed(0)
+    lifted = build_model("monomial_nfn_phase", fitted.spec, out_dim=10).double().eval()
+    plain = lifted.model
+    assert lifted.invariant_to == "perm_sign_phase" and plain.invariant_to == "perm_sign"
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        base, plain_base = lifted(fitted), plain(fitted)
+        for _ in range(3):
+            moved = random_orbit_member(fitted, DIGITS_SIREN_OMEGA_0, gen, max_shift=2)
+            torch.testing.assert_close(lifted(moved), base, rtol=0, atol=TOL)
+        signs_only = symmetry.act(symmetry.sample(fitted.spec, fitted.batch_size, scale=None, generator=gen), fitted)
+        torch.testing.assert_close(plain(signs_only), plain_base, rtol=0, atol=TOL)
+        # the backbone alone is not invariant to phase shifts: the canonical form is what makes it so
+        assert (plain(moved) - plain_base).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="needs sine networks"):
+        from dataclasses import replace
+
+        from metanets.spec import PERM_SIGN
+
+        build_model("monomial_nfn_phase", replace(fitted.spec, activation="tanh", group=PERM_SIGN))
