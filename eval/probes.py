@@ -97,16 +97,20 @@ def _fit_score(kind: str, train: np.ndarray, y_train, test: np.ndarray, y_test, 
     from sklearn.preprocessing import StandardScaler
 
     if kind == "lr":
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0))
     else:
-        model = HistGradientBoostingClassifier(max_iter=200, random_state=seed)
+        model = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
     model.fit(train, y_train)
     return float(np.mean(model.predict(test) == y_test))
 
 
 def run_probes(table_uri: str, omega_0: float = DIGITS_SIREN_OMEGA_0, seed: int = 0,
-               max_train: int | None = None, probes=PROBES, conditions=CONDITIONS) -> dict[str, dict[str, float]]:
-    """{condition: {probe: test accuracy}} on the table at `table_uri` (see the module docstring)."""
+               max_train: int | None = None, probes=PROBES, conditions=CONDITIONS, log=None
+               ) -> dict[str, dict[str, float]]:
+    """{condition: {probe: test accuracy}} on the table at `table_uri` (see the module docstring).
+
+    `log(condition, probe, accuracy)` is called as each result comes (the CLI prints it).
+    """
     from zoo_ingest import open_table
 
     table = open_table(table_uri)
@@ -132,6 +136,8 @@ def run_probes(table_uri: str, omega_0: float = DIGITS_SIREN_OMEGA_0, seed: int 
         for probe in probes:
             kind, read = readers[probe]
             results[condition][probe] = _fit_score(kind, read(a), y_train, read(b), y_test, seed)
+            if log is not None:
+                log(condition, probe, results[condition][probe])
     return results
 
 
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if not math.isfinite(args.omega_0) or args.omega_0 <= 0:
         parser.error(f"--omega-0 must be a positive number, got {args.omega_0}")
     try:
-        results = run_probes(args.table, args.omega_0, args.seed, args.max_train)
+        results = run_probes(args.table, args.omega_0, args.seed, args.max_train,
+                             log=lambda c, p, v: print(f"  {c}: {p} {v:.3f}", flush=True))
     except ValueError as exc:
         print(f"probes: error: {exc}", file=sys.stderr)
         return 2
