@@ -78,3 +78,17 @@ def test_probes_refuse_bad_input(small_table, tmp_path):
         probes.main([small_table, "--omega-0", "0"])
     with pytest.raises(ValueError, match="unknown condition 'rotated'"):
         probes.run_probes(small_table, conditions=("rotated",))
+
+
+def test_evaluate_reports_the_orbit_condition_for_sine_models(fitted):
+    from eval.evaluate import evaluate
+    from metanets import build_model
+
+    torch.manual_seed(0)
+    model = build_model("monomial_nfn_phase", fitted.spec, out_dim=10)
+    labels = torch.arange(fitted.batch_size) % 10
+    card = {"task": "inr_classification", "loss": "ce", "omega_0": DIGITS_SIREN_OMEGA_0}
+    result = evaluate(model, card, lambda: iter([(fitted.float(), labels)]), audit_samples=2)
+    assert list(result["robustness"]) == ["permuted", "signs", "orbit"]
+    assert result["robustness"]["orbit"]["accuracy"] == result["clean"]["accuracy"]
+    assert result["audit"]["max"] < 1e-6
