@@ -34,7 +34,7 @@ def train_one(family: str, train: WeightSpace, y: np.ndarray, seed: int, epochs:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     gen = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(y)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(train.batch_size, generator=gen).split(batch):
             ws = train[idx]
@@ -47,6 +47,7 @@ def train_one(family: str, train: WeightSpace, y: np.ndarray, seed: int, epochs:
             loss.backward()
             opt.step()
             sched.step()
+        print(f"    {family} seed {seed}: epoch {epoch + 1}/{epochs} loss {loss.item():.3f}", flush=True)
     return model.eval()
 
 
