@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from metanets import WeightSpace, symmetry
+from metanets import WeightSpace, sine, symmetry
 from metanets.spec import PERM, PERM_SCALE, PERM_SIGN
 from metanets.testing import invariance_errors
 from training.metrics import PRIMARY_METRIC, task_metrics
@@ -18,14 +18,21 @@ from training.metrics import PRIMARY_METRIC, task_metrics
 SCALE_EXPONENTS = (1, 2, 3, 4)
 
 
-def orbit_conditions(group: str, exponents=SCALE_EXPONENTS) -> dict[str, dict]:
-    """Named ways of replacing each network by a random member of its orbit."""
+def orbit_conditions(group: str, exponents=SCALE_EXPONENTS, activation: str | None = None,
+                     omega_0: float = sine.DIGITS_SIREN_OMEGA_0) -> dict[str, dict]:
+    """Named ways of replacing each network by a random member of its orbit.
+
+    Sine networks also get "orbit": permutations, signs and pi phase shifts (`metanets.sine`) with
+    frequency `omega_0`, their whole discrete group: the number that says whether a model reads the function.
+    """
     conds: dict[str, dict] = {"permuted": {"group": PERM, "scale": None}}
     if group == PERM_SCALE:
         for k in exponents:
             conds[f"U[1,10^{k}]"] = {"group": PERM_SCALE, "scale": (1.0, 10.0**k)}
     elif group == PERM_SIGN:
         conds["signs"] = {"group": PERM_SIGN, "scale": None}
+        if activation == "sine":
+            conds["orbit"] = {"group": PERM_SIGN, "scale": None, "omega_0": float(omega_0)}
     elif group != PERM:  # transformers: GL(d_h) elements per head (condition number <= 10) and the rest
         conds["GL cond<=10"] = {"group": None, "scale": (1.0, 10.0)}
     return conds
@@ -69,10 +76,13 @@ def evaluate(
         "clean": task_metrics(kind, out, y, loss), "robustness": {}, "num_params": model.num_params,
         "predictions": {"outputs": out.reshape(len(y), -1).tolist(), "targets": y.tolist()},
     }
-    for name, cond in orbit_conditions(group, exponents).items():
+    omega_0 = float(card.get("omega_0", sine.DIGITS_SIREN_OMEGA_0))
+    for name, cond in orbit_conditions(group, exponents, getattr(model.spec, "activation", None), omega_0).items():
         gen = torch.Generator().manual_seed(seed)
 
         def transform(ws, cond=cond, gen=gen):
+            if "omega_0" in cond:
+                return sine.random_orbit_member(ws.double(), cond["omega_0"], gen)
             g = symmetry.sample(ws.spec, ws.batch_size, scale=cond["scale"], group=cond["group"], generator=gen,
                                 dtype=torch.float64)
             return symmetry.act(g, ws.double())

@@ -131,6 +131,10 @@ from metanets.transformer.models import transformer_nfn, transformer_nfn_quasi  
 
 BUILDERS.update({"transformer_nfn": transformer_nfn, "transformer_nfn_quasi": transformer_nfn_quasi})
 
+from metanets.sine import phase_canonical_builder  # noqa: E402  (sine networks: pi phase shifts too)
+
+BUILDERS["monomial_nfn_phase"] = phase_canonical_builder(_monomial)
+
 
 def model_names() -> list[str]:
     return sorted(BUILDERS)

@@ -80,8 +80,12 @@ class GenerationResult:
         return "\n".join(lines)
 
 
-def _options(definition: ZooDefinition, copies: int | None) -> dict:
+def _options(definition: ZooDefinition, copies: int | None, extra: dict | None = None) -> dict:
     options = dict(definition.options)
+    for key, value in (extra or {}).items():
+        if key not in options or key == "copies":
+            raise GenerateError(f"option {key!r} does not apply to {definition.name}; it takes {sorted(options)}")
+        options[key] = value
     if copies is not None:
         if "copies" not in options:
             raise GenerateError(f"--copies applies to digits-siren only, not to {definition.name}")
@@ -260,6 +264,7 @@ def generate(
     block_size: int | None = None,
     block_memory_mb: int | None = None,
     copies: int | None = None,
+    options: dict | None = None,
     address: str | None = None,
     storage_options: dict | None = None,
     progress: bool = True,
@@ -271,18 +276,19 @@ def generate(
     Ray). `block_size`: networks trained at once per task (default DEFAULT_BLOCK_SIZE for zoos with a
     batched path, else 1; 1 is the per-network path, the only one `networks_per_task` applies to).
     `block_memory_mb`: memory a task may use for one block (default: a quarter of what is available);
-    a block that would need more is split. `copies` (digits-siren): fits per image. `storage_options`
-    (`endpoint_url`, `region`, `key`, `secret` for S3) override the AWS environment variables; the Ray
-    tasks get them too. Networks already complete in `out` are not retrained; `out` must be empty, new,
-    or hold the same zoo (same zoo name, seed, options and block size). Shows a progress bar when
-    `progress` is true and prints the spread of the final metric when `summary` is true. Raises
-    GenerateError on bad arguments (naming the argument), an unwritable location or a folder that holds
-    another zoo.
+    a block that would need more is split. `copies` (digits-siren): fits per image; `options`: the zoo's
+    other options (digits-siren: `init`, `size`, `steps`, `augment`, `psnr_floor`; see
+    `generators/siren.py`). `storage_options` (`endpoint_url`, `region`, `key`, `secret` for S3) override
+    the AWS environment variables; the Ray tasks get them too. Networks already complete in `out` are not
+    retrained; `out` must be empty, new, or hold the same zoo (same zoo name, seed, options and block
+    size). Shows a progress bar when `progress` is true and prints the spread of the final metric when
+    `summary` is true. Raises GenerateError on bad arguments (naming the argument), an unwritable
+    location or a folder that holds another zoo.
     """
     started = time.perf_counter()
     definition = _check_arguments(zoo, n, seed, workers, networks_per_task, block_size, block_memory_mb)
     n, seed = int(n), int(seed)
-    options = _options(definition, copies)
+    options = _options(definition, copies, options)
     block_memory = None if block_memory_mb is None else int(block_memory_mb) << 20
     if definition.max_networks is not None and n > definition.max_networks(options):
         raise GenerateError(f"{zoo} with options {options} has at most {definition.max_networks(options)} networks")

@@ -31,6 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory one block may use; a bigger block is split (default: 1/4 of what is free)")
     parser.add_argument("--copies", type=int, default=None,
                         help="digits-siren only: fits per image from different initialisations (default 1)")
+    parser.add_argument("--init", choices=("shared", "independent"), default=None,
+                        help="digits-siren only: one initialisation per zoo (shared, default) or per network")
+    parser.add_argument("--image-size", type=int, default=None, metavar="S",
+                        help="digits-siren only: fit images upsampled to S x S (default 8 shared, 28 independent)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="digits-siren only: Adam steps per INR (default 100 shared, 500 independent)")
+    parser.add_argument("--psnr-floor", type=float, default=None, metavar="DB",
+                        help="digits-siren only: INRs below this PSNR keep no label (default: none)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     parser.add_argument("--endpoint-url", help="S3 endpoint (overrides AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
     parser.add_argument("--region", help="S3 region (overrides AWS_REGION / AWS_DEFAULT_REGION)")
@@ -38,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cluster.console import add_console_arguments
 
     add_console_arguments(parser)
+
+
+def _zoo_options(args: argparse.Namespace) -> dict:
+    given = dict(init=args.init, size=args.image_size, steps=args.steps, psnr_floor=args.psnr_floor)
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
             result = generate(
                 args.zoo, args.out, args.n, args.seed, workers=args.workers,
                 networks_per_task=args.networks_per_task, block_size=args.block_size,
-                block_memory_mb=args.block_memory_mb, copies=args.copies, address=args.address,
-                storage_options=storage, progress=not args.no_progress, summary=False,
+                block_memory_mb=args.block_memory_mb, copies=args.copies, options=_zoo_options(args),
+                address=args.address, storage_options=storage, progress=not args.no_progress, summary=False,
             )
     except (GenerateError, ConnectionError) as exc:
         print(f"metazoo generate: error: {exc}", file=sys.stderr)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from zoo_ingest.generators import cnn, siren, transformer
 from zoo_ingest.generators.classifier import NetworkRun
 from zoo_ingest.generators.cnn import build_digits_cnn
-from zoo_ingest.generators.digits import NUM_IMAGES
 from zoo_ingest.generators.siren import build_siren
 from zoo_ingest.generators.transformer import build_digits_transformer
 
@@ -50,8 +49,10 @@ ZOOS: dict[str, ZooDefinition] = {
         "SIRENs 2-32-32-1 each fitted to one digits image",
         siren.train_network,
         "psnr",
-        options={"copies": 1},
-        max_networks=lambda options: NUM_IMAGES * int(options["copies"]),
+        options=dict(siren.OPTIONS),
+        version=2,  # 2: the shared-init recipe became the default, fitted in blocks
+        max_networks=siren.max_networks,
+        train_block=siren.train_block,
     ),
     "digits-transformer": ZooDefinition(
         "digits-transformer",

@@ -1,0 +1,148 @@
+"""Phase shifts: the part of a sine network's symmetry group that `metanets.symmetry` does not hold.
+
+A sine unit computes sin(omega_0 * (w_j . x + b_j)). Since sin(z + k pi) = (-1)^k sin(z), shifting its
+bias by k pi / omega_0 and multiplying its outgoing column in the next layer by (-1)^k preserves the
+network's function, for every integer k (an even k is a 2 pi shift, with no sign). With permutations
+and sign flips (`metanets.symmetry`, group `perm_sign`) these shifts generate the sine network's
+discrete symmetry group. omega_0 is not in the weights (a zoo keeps it in its hparams: 30 for
+digits-siren, `DIGITS_SIREN_OMEGA_0`), so every function here takes it.
+
+The shifts act on hidden layers only (the output layer is linear). A weight space with C channels is
+shifted with the same element in every channel. Elements are integers `(B, n_i)` per hidden layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from metanets import symmetry
+from metanets.spec import NetworkSpec
+from metanets.weight_space import WeightSpace
+
+DIGITS_SIREN_OMEGA_0 = 30.0
+
+
+@dataclass(frozen=True)
+class PhaseShift:
+    """A batch of phase shifts: `shifts[i]` `(B, n_i)` int64, unit j of hidden layer i moves by k pi / omega_0."""
+
+    shifts: tuple[torch.Tensor, ...]
+
+    @property
+    def batch_size(self) -> int:
+        return self.shifts[0].shape[0] if self.shifts else 0
+
+
+def identity_phase(spec: NetworkSpec, batch: int) -> PhaseShift:
+    return PhaseShift(tuple(torch.zeros(batch, n, dtype=torch.long) for n in spec.hidden_sizes))
+
+
+def sample_phase(spec: NetworkSpec, batch: int, max_shift: int = 1, generator: torch.Generator | None = None
+                 ) -> PhaseShift:
+    """Shifts k drawn uniformly from {-max_shift, ..., max_shift} for every hidden unit."""
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    return PhaseShift(tuple(torch.randint(-max_shift, max_shift + 1, (batch, n), generator=generator)
+                            for n in spec.hidden_sizes))
+
+
+def compose_phase(g: PhaseShift, h: PhaseShift) -> PhaseShift:
+    """Shifts add: act_phase(compose_phase(g, h), ws) == act_phase(g, act_phase(h, ws))."""
+    return PhaseShift(tuple(a + b for a, b in zip(g.shifts, h.shifts)))
+
+
+def inverse_phase(g: PhaseShift) -> PhaseShift:
+    return PhaseShift(tuple(-k for k in g.shifts))
+
+
+def act_phase(g: PhaseShift, ws: WeightSpace, omega_0: float, *, couple: bool = True) -> WeightSpace:
+    """b_i[j] += k_ij pi / omega_0 and W_{i+1}[:, j] *= (-1)^k_ij for every hidden layer i.
+
+    `couple=False` leaves the outgoing columns alone: not a symmetry for odd k (the tests use it to show
+    that the coupling is needed).
+    """
+    if omega_0 <= 0:
+        raise ValueError(f"omega_0 must be positive, got {omega_0}")
+    hidden = ws.spec.hidden_sizes
+    if len(g.shifts) != len(hidden):
+        raise ValueError(f"phase shift has {len(g.shifts)} hidden layers, the weight space {len(hidden)}")
+    if hidden and g.batch_size != ws.batch_size:
+        raise ValueError(f"phase shift batch {g.batch_size} != weight-space batch {ws.batch_size}")
+    weights, biases = list(ws.weights), list(ws.biases)
+    for i, k in enumerate(g.shifts):
+        b = biases[i]
+        biases[i] = b + (k.to(b.dtype) * (math.pi / omega_0))[:, None, :]
+        if couple:
+            w = weights[i + 1]
+            sign = (1 - 2 * (k % 2)).to(w.dtype)  # (-1)^k, also for negative k
+            weights[i + 1] = w * sign.reshape(sign.shape[0], 1, 1, sign.shape[1], *([1] * (w.ndim - 4)))
+    return WeightSpace(ws.spec, tuple(weights), tuple(biases))
+
+
+def random_orbit_member(ws: WeightSpace, omega_0: float, generator: torch.Generator | None = None,
+                        max_shift: int = 1) -> WeightSpace:
+    """Each network moved to a random member of its orbit: permutation, signs, then pi phase shifts."""
+    g = symmetry.sample(ws.spec, ws.batch_size, scale=None, group="perm_sign", generator=generator,
+                        dtype=ws.weights[0].dtype)
+    return act_phase(sample_phase(ws.spec, ws.batch_size, max_shift, generator), symmetry.act(g, ws), omega_0)
+
+
+def canonical_phase(ws: WeightSpace, omega_0: float) -> PhaseShift:
+    """The shift that brings every hidden bias into [-pi / (2 omega_0), pi / (2 omega_0)]: k = -round(b omega_0 / pi).
+
+    Ties round half to even, which is odd-symmetric, so the map commutes with sign flips and permutations.
+    """
+    return PhaseShift(tuple(-torch.round(b[:, 0] * (omega_0 / math.pi)).long() for b in ws.biases[:-1]))
+
+
+def canonicalize_phase(ws: WeightSpace, omega_0: float) -> WeightSpace:
+    """The canonical member of each network's phase orbit (DESIGN.md fact 4, for the pi phase part).
+
+    `canonicalize_phase(act_phase(g, ws)) == canonicalize_phase(ws)` for every shift g, and for a permutation
+    or sign element s, `canonicalize_phase(act(s, ws)) == act(s, canonicalize_phase(ws))`: a model invariant to
+    permutations and signs, fed the canonical form, is invariant to the whole discrete group. One channel.
+    """
+    return act_phase(canonical_phase(ws, omega_0), ws, omega_0)
+
+
+class PhaseCanonical(torch.nn.Module):
+    """`model(canonicalize_phase(ws))`: lifts a permutation x sign invariant model to the phase shifts too."""
+
+    def __init__(self, model: torch.nn.Module, omega_0: float = DIGITS_SIREN_OMEGA_0):
+        super().__init__()
+        self.model, self.omega_0 = model, float(omega_0)
+        self.spec, self.name = model.spec, f"{model.name}_phase"
+        self.invariant_to = "perm_sign_phase" if model.invariant_to == "perm_sign" else model.invariant_to
+        self.invariance_exact = model.invariance_exact
+
+    @property
+    def num_params(self) -> int:
+        return self.model.num_params
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.model.head
+
+    @property
+    def pool(self) -> torch.nn.Module:
+        return self.model.pool
+
+    def features(self, ws: WeightSpace) -> WeightSpace:
+        return self.model.features(canonicalize_phase(ws, self.omega_0))
+
+    def forward(self, ws: WeightSpace) -> torch.Tensor:
+        return self.model(canonicalize_phase(ws, self.omega_0))
+
+
+def phase_canonical_builder(build):
+    """A model builder `build(spec, **kwargs)` made invariant to pi phase shifts (kwarg `omega_0`)."""
+
+    def builder(spec: NetworkSpec, omega_0: float = DIGITS_SIREN_OMEGA_0, **kwargs) -> PhaseCanonical:
+        if spec.activation != "sine":
+            raise ValueError(f"phase canonicalisation needs sine networks, got {spec.activation!r} ones")
+        return PhaseCanonical(build(spec, **kwargs), omega_0)
+
+    return builder
