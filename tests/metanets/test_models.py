@@ -236,3 +236,20 @@ def test_gradients_stay_finite_with_a_dead_unit(name, kwargs, dead):
     model = build_model(name, spec, **kwargs)
     model(ws).square().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_feature_alpha_statistics_match_tensor_stats_and_their_gradients(dtype):
+    """The argpartition path of the feature alpha's statistics gives tensor_stats' values, and the same
+    gradients (no ties in random data)."""
+    from metanets.layers.quasi_feature import row_stats
+    from metanets.layers.stats import tensor_stats
+
+    for n in (1, 2, 7, 144, 2304):
+        x = torch.randn(6, n, dtype=dtype, generator=torch.Generator().manual_seed(n)).requires_grad_()
+        fast, ref = row_stats(x), tensor_stats(x)
+        torch.testing.assert_close(fast, ref, rtol=0, atol=0)
+        weights = torch.randn_like(ref)
+        (g_fast,) = torch.autograd.grad((fast * weights).sum(), x)
+        (g_ref,) = torch.autograd.grad((ref * weights).sum(), x)
+        torch.testing.assert_close(g_fast, g_ref)
