@@ -14,6 +14,8 @@ __all__ = [
 ]
 
 from metanets import symmetry  # noqa: E402
-from metanets.models import build_model, model_names  # noqa: E402
+from metanets.registry import build_model, load_builders, model_names  # noqa: E402
+
+load_builders()  # registers the builders of metanets.models and metanets.transformer.models
 
 __all__ += ["build_model", "model_names", "symmetry"]

@@ -1,7 +1,8 @@
-"""Metanetwork builders: `build_model(name, spec, **kwargs)`.
+"""Metanetwork builders for Linear/Conv2d chains (`NetworkSpec`), registered in `metanets.registry`.
 
 Every model maps a one-channel WeightSpace (B, 1, ...) to (B, out_dim) and states the group its
 output is invariant to (`invariant_to`) and whether that invariance is exact (`invariance_exact`).
+Build them with `metanets.build_model(name, spec, **kwargs)`.
 """
 
 from __future__ import annotations
@@ -11,45 +12,21 @@ import math
 import torch
 from torch import nn
 
+from metanets.canonical import Canonicalize
 from metanets.layers.common import TensorRMSNorm, WSActivation, mlp
 from metanets.layers.monomial import MonomialInvariantPool, MonomialLinear
 from metanets.layers.np_layers import NPLinear, np_pool, np_pool_width
 from metanets.layers.quasi import QuasiScale
+from metanets.layers.quasi_feature import FeatureAlpha, FeatureQuasiLayer
 from metanets.layers.stats import num_stat_features, weight_stats
-from metanets.spec import PERM, PERM_SCALE, PERM_SIGN, NetworkSpec, SpecError
+from metanets.metanetwork import Metanetwork
+from metanets.registry import BUILDERS, build_model, model_names, register
+from metanets.sine import phase_canonical_builder
+from metanets.spec import PERM, PERM_SCALE, PERM_SIGN
 from metanets.weight_space import WeightSpace
 
-
-class Metanetwork(nn.Module):
-    """body (equivariant WeightSpace layers) -> optional quasi scaling -> invariant pooling -> MLP head."""
-
-    def __init__(self, name, spec, body, pool, head, invariant_to, exact, quasi=None):
-        super().__init__()
-        self.name, self.spec = name, spec
-        self.body, self.pool, self.head, self.quasi = body, pool, head, quasi
-        self.invariant_to, self.invariance_exact = invariant_to, exact
-
-    @property
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def check_input(self, ws: WeightSpace) -> WeightSpace:
-        if ws.spec != self.spec:
-            raise SpecError(
-                f"{self.name} was built for architecture {self.spec.arch_id} "
-                f"({self.spec.activation}, {self.spec.num_params} parameters); got {ws.spec.arch_id} "
-                f"({ws.spec.activation}, {ws.spec.num_params} parameters)"
-            )
-        return ws.validate(channels=1).check_finite()
-
-    def features(self, ws: WeightSpace) -> WeightSpace:
-        """The equivariant (or quasi-equivariant) feature before pooling."""
-        feat = self.body(ws)
-        return self.quasi(feat, ws) if self.quasi is not None else feat
-
-    def forward(self, ws: WeightSpace) -> torch.Tensor:
-        ws = self.check_input(ws)
-        return self.head(self.pool(self.features(ws)))
+__all__ = ["BUILDERS", "Metanetwork", "build_model", "model_names"]  # the old home of these names
+ALPHA_SOURCES = ("input", "feature")
 
 
 class _StatPool(nn.Module):
@@ -66,7 +43,7 @@ class _NPPool(nn.Module):
         return np_pool(ws, self.hnp)
 
 
-def _stack(make_layer, act: str, hidden: int, num_layers: int) -> nn.Sequential:
+def _stack(make_layer, act: str, hidden: int, num_layers: int) -> list[nn.Module]:
     mods: list[nn.Module] = []
     c = 1
     for k in range(num_layers):
@@ -74,80 +51,93 @@ def _stack(make_layer, act: str, hidden: int, num_layers: int) -> nn.Sequential:
         if k < num_layers - 1:
             mods.append(WSActivation(act))
         c = hidden
-    return nn.Sequential(*mods)
+    return mods
 
 
-def _statnet(spec, out_dim=1, hidden=64, depth=2):
+def _canon_prefix(canonical: bool) -> list[nn.Module]:
+    return [Canonicalize()] if canonical else []
+
+
+def _statnet(spec, out_dim=1, hidden=64, depth=2, canonical=False):
     head = mlp(num_stat_features(spec.num_layers), hidden, out_dim, depth)
-    return Metanetwork("statnet", spec, nn.Identity(), _StatPool(), head, PERM, True)
+    body = nn.Sequential(*_canon_prefix(canonical))
+    # the statistics are permutation invariant; on the canonical form that makes them invariant to the group
+    group = spec.group if canonical else PERM
+    return Metanetwork("statnet_canon" if canonical else "statnet", spec, body, _StatPool(), head, group, True)
 
 
-def _np_family(hnp: bool):
+def _np_family(hnp: bool, canonical: bool = False):
+    name = ("hnp" if hnp else "np") + ("_canon" if canonical else "")
+
     def build(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128):
-        body = _stack(lambda a, b: NPLinear(spec, a, b, hnp=hnp), "relu", hidden, num_layers)
+        layers = _stack(lambda a, b: NPLinear(spec, a, b, hnp=hnp), "relu", hidden, num_layers)
+        body = nn.Sequential(*_canon_prefix(canonical), *layers)
         head = mlp(np_pool_width(spec, hidden, hnp), head_hidden, out_dim)
-        return Metanetwork("hnp" if hnp else "np", spec, body, _NPPool(hnp), head, PERM, True)
+        return Metanetwork(name, spec, body, _NPPool(hnp), head, spec.group if canonical else PERM, True)
 
+    build.__name__ = name
     return build
 
 
-def _monomial(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128, name="monomial_nfn"):
+def _monomial_layers(spec, hidden, num_layers) -> tuple[list[nn.Module], str]:
     act = "relu" if spec.group == PERM_SCALE else "tanh"  # homogeneous for scales, odd for signs
-    body = _stack(lambda a, b: MonomialLinear(spec, a, b), act, hidden, num_layers)
+    mods = _stack(lambda a, b: MonomialLinear(spec, a, b), act, hidden, num_layers)
     if spec.group == PERM_SIGN:  # sign groups allow per-tensor normalisation of the input (see TensorRMSNorm)
-        body = nn.Sequential(TensorRMSNorm(), *body)
+        mods = [TensorRMSNorm(), *mods]
+    return mods, act
+
+
+@register("monomial_nfn")
+def _monomial(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128, name="monomial_nfn"):
+    mods, _ = _monomial_layers(spec, hidden, num_layers)
     pool = MonomialInvariantPool(spec, hidden)
-    return Metanetwork(name, spec, body, pool, mlp(pool.out_dim, head_hidden, out_dim), spec.group, True)
+    return Metanetwork(name, spec, nn.Sequential(*mods), pool, mlp(pool.out_dim, head_hidden, out_dim), spec.group,
+                       True)
 
 
+@register("monomial_nfn_large")
 def _monomial_large(spec, out_dim=1, hidden=16, width_factor=1.3, **kwargs):
     wide = int(math.ceil(hidden * width_factor))
     return _monomial(spec, out_dim, hidden=wide, name="monomial_nfn_large", **kwargs)
 
 
+@register("monomial_nfn_quasi")
 def _monomial_quasi(
-    spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128, eps=0.1, alpha_mode="per_channel",
-    alpha_hidden=16,
+    spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128, eps=None, alpha_mode="per_channel",
+    alpha_hidden=None, alpha_source="input", eps_max=None,
 ):
-    model = _monomial(spec, out_dim, hidden, num_layers, head_hidden, name="monomial_nfn_quasi")
-    model.quasi = QuasiScale(spec, hidden, eps, alpha_mode, alpha_hidden)
+    """alpha_source="input": alpha from the input's statistics after the body, fixed eps (default 0.1, hidden 16).
+    alpha_source="feature" (published): alpha from the feature entering the last layer, applied to its output,
+    then ReLU; learnable eps initialised at `eps` (default 0.01) below `eps_max` (default 0.99), hidden 32."""
+    if alpha_source not in ALPHA_SOURCES:
+        raise ValueError(f"alpha_source must be one of {ALPHA_SOURCES}, got {alpha_source!r}")
+    if alpha_source == "input":
+        if eps_max is not None:
+            raise ValueError("eps_max bounds the learnable eps of alpha_source='feature'; the input alpha's eps is "
+                             "fixed (pass eps)")
+        model = _monomial(spec, out_dim, hidden, num_layers, head_hidden, name="monomial_nfn_quasi")
+        model.quasi = QuasiScale(spec, hidden, 0.1 if eps is None else eps, alpha_mode,
+                                 16 if alpha_hidden is None else alpha_hidden)
+    else:
+        alpha = FeatureAlpha(spec, 1 if num_layers == 1 else hidden, hidden, 0.01 if eps is None else eps,
+                             alpha_mode, 32 if alpha_hidden is None else alpha_hidden,
+                             0.99 if eps_max is None else eps_max)
+        mods, _ = _monomial_layers(spec, hidden, num_layers)
+        pool = MonomialInvariantPool(spec, hidden)
+        model = Metanetwork("monomial_nfn_quasi", spec, nn.Sequential(*mods[:-1]), pool,
+                            mlp(pool.out_dim, head_hidden, out_dim), spec.group, True,
+                            quasi=FeatureQuasiLayer(mods[-1], alpha))
     # a shared alpha is removed exactly by the invariant head (DESIGN.md fact 1); per-channel is not
     model.invariance_exact = alpha_mode == "shared"
     return model
 
 
-BUILDERS = {
-    "statnet": _statnet,
-    "np": _np_family(hnp=False),
-    "hnp": _np_family(hnp=True),
-    "monomial_nfn": _monomial,
-    "monomial_nfn_large": _monomial_large,
-    "monomial_nfn_quasi": _monomial_quasi,
-}
-
-
-from metanets.transformer.models import MODELS as TRANSFORMER_MODELS  # noqa: E402  (it imports Metanetwork)
-from metanets.transformer.models import transformer_nfn, transformer_nfn_quasi  # noqa: E402
-
-BUILDERS.update({"transformer_nfn": transformer_nfn, "transformer_nfn_quasi": transformer_nfn_quasi})
-
-from metanets.sine import phase_canonical_builder  # noqa: E402  (sine networks: pi phase shifts too)
-
-BUILDERS["monomial_nfn_phase"] = phase_canonical_builder(_monomial)
-
-
-def model_names() -> list[str]:
-    return sorted(BUILDERS)
-
-
-def build_model(name: str, spec: NetworkSpec, **kwargs) -> Metanetwork:
-    """Build metanetwork `name` for networks of `spec`; kwargs are the builder's hyper-parameters."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
-    if getattr(spec, "type", None) == "transformer" and name not in TRANSFORMER_MODELS:
-        raise SpecError(f"model {name!r} reads Linear/Conv2d chains; for transformer encoders use "
-                        f"{', '.join(TRANSFORMER_MODELS)}")
-    try:
-        return BUILDERS[name](spec, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"model {name!r}: {exc}") from exc
+register("statnet")(_statnet)
+register("np")(_np_family(hnp=False))
+register("hnp")(_np_family(hnp=True))
+# the canonicalised models: a permutation-invariant model on canonicalize(theta) (DESIGN.md fact 4)
+register("statnet_canon")(lambda spec, **kwargs: _statnet(spec, canonical=True, **kwargs))
+register("np_canon")(_np_family(hnp=False, canonical=True))
+register("hnp_canon")(_np_family(hnp=True, canonical=True))
+# sine networks: monomial_nfn made invariant to pi phase shifts as well (metanets.sine)
+register("monomial_nfn_phase")(phase_canonical_builder(_monomial))

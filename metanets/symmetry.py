@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from metanets.canonical import canonicalize  # noqa: F401  (part of the public API: metanets.symmetry.canonicalize)
 from metanets.spec import PERM, PERM_SCALE, PERM_SIGN, NetworkSpec
 from metanets.transformer import symmetry as transformer_group
 from metanets.transformer.spec import TransformerSpec

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())
                         if k.startswith(("best_val", "val_")) and isinstance(v, float))
     print(f"trained {cfg.model.name} ({result.num_params} parameters): {metrics}")
+    if result.metanet_path:  # what `metazoo eval --model` and `metazoo score --model` take without MLflow
+        print(f"best model: {result.metanet_path}")
     if result.run_id:
         print(f"MLflow run {result.run_id} in experiment {result.experiment!r}"
               + (f"; registered {result.registered_model} v{result.version}"

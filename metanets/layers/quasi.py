@@ -20,17 +20,21 @@ from metanets.weight_space import WeightSpace
 ALPHA_MODES = ("per_channel", "shared")
 
 
+def require_scaling_group(spec: NetworkSpec) -> None:
+    if spec.group != PERM_SCALE:
+        raise SpecError(
+            f"the quasi layer scales hidden neurons by positive factors, which is in the group only for "
+            f"perm_scale networks (ReLU); this network's activation {spec.activation!r} gives "
+            f"{spec.group}, whose continuous part is trivial"
+        )
+
+
 class AlphaNetwork(nn.Module):
     """theta -> per-hidden-layer scales 1 + eps*sin(gamma(stats(theta))), each (B, C or 1, n_i)."""
 
     def __init__(self, spec: NetworkSpec, channels: int, eps: float, alpha_mode: str, hidden: int = 16):
         super().__init__()
-        if spec.group != PERM_SCALE:
-            raise SpecError(
-                f"the quasi layer scales hidden neurons by positive factors, which is in the group only for "
-                f"perm_scale networks (ReLU); this network's activation {spec.activation!r} gives "
-                f"{spec.group}, whose continuous part is trivial"
-            )
+        require_scaling_group(spec)
         if alpha_mode not in ALPHA_MODES:
             raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
         if not 0.0 <= eps < 1.0:

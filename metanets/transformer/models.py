@@ -1,4 +1,4 @@
-"""Transformer metanetworks: `transformer_nfn` and `transformer_nfn_quasi` (registered in metanets.models).
+"""Transformer metanetworks: `transformer_nfn` and `transformer_nfn_quasi` (registered in metanets.registry).
 
 Both map a one-channel TransformerWeightSpace (B, 1, ...) to (B, out_dim) and are invariant to the spec's
 whole group (`spec.group`, e.g. transformer_perm_scale): exactly for `transformer_nfn` and for the quasi
@@ -11,7 +11,8 @@ from __future__ import annotations
 from torch import nn
 
 from metanets.layers.common import mlp
-from metanets.models import Metanetwork
+from metanets.metanetwork import Metanetwork
+from metanets.registry import register
 from metanets.spec import SpecError
 from metanets.transformer.layers import TransformerGate, TransformerNFNLayer
 from metanets.transformer.pool import TransformerInvariantPool
@@ -29,6 +30,7 @@ def _require_transformer(spec, name: str) -> None:
         )
 
 
+@register("transformer_nfn", kind="transformer")
 def transformer_nfn(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=64, pool_channels=2,
                     name="transformer_nfn") -> Metanetwork:
     """`num_layers` TransformerNFNLayers (gated between them) -> invariant pool -> MLP."""
@@ -45,6 +47,7 @@ def transformer_nfn(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=64, po
                        True)
 
 
+@register("transformer_nfn_quasi", kind="transformer")
 def transformer_nfn_quasi(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=64, pool_channels=2, eps=None,
                           alpha_mode="per_channel", alpha_hidden=16) -> Metanetwork:
     """transformer_nfn with alpha(theta) . beta(theta) before the pool; eps defaults to 0.5 / d_h."""
