@@ -37,14 +37,22 @@ def _no_shm_op():
     return None
 
 
-def compile_engine(engine) -> None:
-    """torch.compile the engine's module in place, with the accelerator's default backend (inductor)."""
-    engine.compile()
+def compile_engine(engine, backend: str | None = None) -> None:
+    """torch.compile the engine's module in place; `backend` None: the accelerator's default (inductor).
+
+    Input checks (`Metanetwork.check_input`: shapes, NaN/Inf with the offending key) stay in the compiled
+    forward: their data-dependent branches run eagerly between compiled graphs, so bad input still fails
+    with the same message.
+    """
+    if backend is None:
+        engine.compile()
+    else:
+        engine.compile(backend=backend)
 
 
 def uncompiled(model: nn.Module) -> nn.Module:
     """The plain module behind a `torch.compile(model)` wrapper (an `OptimizedModule`); others unchanged."""
-    while hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), nn.Module):
+    while hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
         model = model._orig_mod
     return model
 
