@@ -29,10 +29,11 @@ cd "$ROOT"
 
 if [[ $DRY == 1 ]]; then
   N=12; EPOCHS=1; BATCH=8; WORKERS=1; GPU=false; DEVICE=cpu; LAYER_BATCH=4; REPEATS=1
-  MODELS=statnet,transformer_nfn; BACKEND=aot_eager; KW="{hidden: 2, num_layers: 1}"
+  MODELS=statnet,transformer_nfn; BACKEND=aot_eager; KW="{hidden: 2, num_layers: 1}"; INGEST=(--no-ray)
 else
   N=400; EPOCHS=3; BATCH=64; WORKERS=1; GPU=true; DEVICE=cuda; LAYER_BATCH=64; REPEATS=20
   MODELS=statnet,np,hnp,monomial_nfn,monomial_nfn_quasi,transformer_nfn; BACKEND=inductor; KW="{hidden: 16}"
+  INGEST=()
 fi
 
 stage() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$FIG"; }
@@ -49,7 +50,7 @@ t0=$SECONDS
 stage "generate: $N digits-cnn networks in $((SECONDS - t0)) s"
 t0=$SECONDS
 "$PY" -m cluster.cli ingest "$OUT/zoo" --format checkpoints --out "$OUT/table" --zoo digits-cnn \
-  --split-by network_id --overwrite --no-progress > "$OUT/ingest.log" 2>&1
+  --split-by network_id --overwrite --no-progress "${INGEST[@]}" > "$OUT/ingest.log" 2>&1
 stage "ingest: $((SECONDS - t0)) s"
 
 COMMON=(data.table="$OUT/table" data.activation=relu model.name=monomial_nfn "model.kwargs=$KW"
