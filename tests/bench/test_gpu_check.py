@@ -31,7 +31,7 @@ def test_gpu_check_dry_run_writes_its_figures(tmp_path):
         assert row, figures
         assert float(row.group(1)) > 0 and 0 <= float(row.group(2)) <= 1  # networks/s, data-wait fraction
     # bench/layers.py ran both models eager and compiled, with a finite speed-up column
-    for model in ("statnet", "transformer_nfn"):
+    for model in ("statnet", "np"):
         row = re.search(rf"^{model}\s+.*\s(\d+\.\d+)$", figures, re.MULTILINE)
         assert row and float(row.group(1)) > 0, figures
     assert "done; figures in" in figures
