@@ -3,13 +3,19 @@ transformer models on a batch of digits-transformer (2 encoder layers) weight sp
 
 Prints networks/s per model and the time ratios quasi / backbone measured in the same run
 (goal: monomial_nfn_quasi / monomial_nfn <= 1.15; transformer_nfn_quasi / transformer_nfn is reported).
+With --compile, every model also runs compiled in place (torch.compile, inductor; what `model.compile:
+true` does in training) and the table adds the compile time and the eager / compiled step-time ratio
+(goal on CPU: monomial_nfn >= 2 at batch 64). Eager and compiled models take turns step by step.
 
     python bench/layers.py [--batch 64] [--repeats 20] [--threads N] [--only cnn|transformer]
+                           [--models monomial_nfn,hnp] [--compile] [--compile-backend inductor]
+                           [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -56,6 +62,11 @@ def digits_transformer_state_dict(gen: torch.Generator, num_layers: int = 2) -> 
     return {k: 0.3 * torch.randn(*s, generator=gen) for k, s in shapes.items()}
 
 
+def _sync(ws) -> None:
+    if ws.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_models(models: dict[str, nn.Module], ws, repeats: int) -> dict[str, float]:
     """Median seconds of one forward+backward pass per model. The models take turns step by step, so a
     change in the machine's load (other jobs) hits every model alike and the ratios stay meaningful."""
@@ -63,12 +74,29 @@ def time_models(models: dict[str, nn.Module], ws, repeats: int) -> dict[str, flo
     times: dict[str, list[float]] = {name: [] for name in models}
     for k in range(repeats + 3):
         for name, model in models.items():
+            _sync(ws)
             t0 = time.perf_counter()
             opts[name].zero_grad(set_to_none=True)
             model(ws).square().mean().backward()
-            if k >= 3:  # warm-up
+            _sync(ws)
+            if k >= 3:  # warm-up (the first pass of a compiled model compiles it; timed separately)
                 times[name].append(time.perf_counter() - t0)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def compile_models(models: dict[str, nn.Module], ws, backend: str = "inductor"):
+    """A copy of every model compiled in place, and the seconds its first forward+backward took."""
+    compiled, seconds = {}, {}
+    for name, model in models.items():
+        m = copy.deepcopy(model)
+        m.compile(backend=backend)
+        _sync(ws)
+        t0 = time.perf_counter()
+        m(ws).square().mean().backward()
+        _sync(ws)
+        compiled[name], seconds[name] = m, time.perf_counter() - t0
+        print(f"compiled {name} in {seconds[name]:.1f} s", flush=True)
+    return compiled, seconds
 
 
 def main() -> None:
@@ -77,36 +105,66 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", choices=["cnn", "transformer"], default=None)
+    parser.add_argument("--models", default=None, help="comma-separated subset of the models")
+    parser.add_argument("--compile", action="store_true", help="also time every model compiled in place")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep = set(args.models.split(",")) if args.models else None
+    device = torch.device(args.device)
     if args.only in (None, "cnn"):
         gen = torch.Generator().manual_seed(0)
         sds = [small_cnn_state_dict(gen) for _ in range(args.batch)]
         spec = NetworkSpec.from_state_dict(sds[0], activation="relu")
-        report("Small-CNN-Zoo", WeightSpace.from_state_dicts(sds, spec), FAMILIES, "monomial_nfn", args)
+        ws = WeightSpace.from_state_dicts(sds, spec).to(device)
+        report("Small-CNN-Zoo", ws, _subset(FAMILIES, keep), "monomial_nfn", args)
     if args.only in (None, "transformer"):
         gen = torch.Generator().manual_seed(0)
         sds = [digits_transformer_state_dict(gen) for _ in range(args.batch)]
         spec = TransformerSpec.from_state_dict(sds[0], activation="relu", num_heads=2)
-        ws = TransformerWeightSpace.from_state_dicts(sds, spec)
-        report("digits-transformer (2 layers)", ws, TRANSFORMER_FAMILIES, "transformer_nfn", args)
+        ws = TransformerWeightSpace.from_state_dicts(sds, spec).to(device)
+        report("digits-transformer (2 layers)", ws, _subset(TRANSFORMER_FAMILIES, keep), "transformer_nfn", args)
+
+
+def _subset(families: list[str], keep: set[str] | None) -> list[str]:
+    return [f for f in families if keep is None or f in keep]
 
 
 def report(what: str, ws, families: list[str], baseline: str, args) -> None:
+    if not families:
+        return
     models = {}
     for name in families:
         torch.manual_seed(0)
-        models[name] = build_model(name, ws.spec)
-    base = time_models(models, ws, args.repeats)
-    rows = [(name, models[name].num_params, base[name], args.batch / base[name]) for name in families]
-    print(f"batch {args.batch} {what} weight spaces, {torch.get_num_threads()} threads, forward+backward")
-    print(f"{'model':<22}{'params':>10}{'ms/step':>10}{'nets/s':>10}{'time / ' + baseline:>26}")
-    for name, params, sec, rate in rows:
-        print(f"{name:<22}{params:>10}{sec * 1e3:>10.2f}{rate:>10.0f}{sec / base[baseline]:>26.3f}")
+        models[name] = build_model(name, ws.spec).to(ws.device)
+    compiled, compile_s = compile_models(models, ws, args.compile_backend) if args.compile else ({}, {})
+    times = time_models(models | {f"{name} (compiled)": m for name, m in compiled.items()}, ws, args.repeats)
+    ref = times.get(baseline)
+    print(f"batch {args.batch} {what} weight spaces on {ws.device.type}, {torch.get_num_threads()} threads, "
+          "forward+backward")
+    header = f"{'model':<22}{'params':>10}{'ms/step':>10}{'nets/s':>10}{'time / ' + baseline:>26}"
+    if compiled:
+        header += f"{'compile s':>11}{'compiled ms':>13}{'eager / compiled':>18}"
+    print(header)
+    for name in families:
+        sec = times[name]
+        row = f"{name:<22}{models[name].num_params:>10}{sec * 1e3:>10.2f}{args.batch / sec:>10.0f}"
+        row += f"{sec / ref:>26.3f}" if ref else f"{'-':>26}"
+        if compiled:
+            csec = times[f"{name} (compiled)"]
+            row += f"{compile_s[name]:>11.1f}{csec * 1e3:>13.2f}{sec / csec:>18.2f}"
+        print(row)
     quasi = baseline + "_quasi"
-    goal = " (goal <= 1.15)" if baseline == "monomial_nfn" else ""
-    print(f"quasi / backbone time ratio ({quasi} / {baseline}): {base[quasi] / base[baseline]:.3f}{goal}\n")
+    if ref and quasi in times:
+        goal = " (goal <= 1.15)" if baseline == "monomial_nfn" else ""
+        print(f"quasi / backbone time ratio ({quasi} / {baseline}): {times[quasi] / ref:.3f}{goal}")
+    if compiled and baseline in compiled:
+        goal = " (goal >= 2 on CPU at batch 64)" if baseline == "monomial_nfn" else ""
+        print(f"compiled speed-up of {baseline} (eager / compiled step time): "
+              f"{times[baseline] / times[baseline + ' (compiled)']:.2f}{goal}")
+    print()
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ class TaskConfig(Strict):
 class ModelConfig(Strict):
     name: str = "monomial_nfn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    compile: bool = Field(False, description="torch.compile the metanetwork inside DeepSpeed's engine (CPU and GPU); "
+                                             "the first steps pay the compile time, saved models stay uncompiled")
 
 
 class OptimConfig(Strict):

@@ -23,11 +23,15 @@ WEIGHTS = "model.safetensors"
 
 
 def save_metanet(folder: str | Path, model: nn.Module, card: dict[str, Any]) -> None:
+    """Write `model`'s float32 weights and `card`; a compiled model is saved as its uncompiled module."""
     from safetensors.torch import save_file
+
+    from training.engine import clean_state_dict
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    # a torch.compile() wrapper is saved as the module it wraps, so loading needs no compiler
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in clean_state_dict(model).items()}
     save_file(state, str(folder / (WEIGHTS + ".tmp")))
     (folder / (WEIGHTS + ".tmp")).rename(folder / WEIGHTS)
     (folder / CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str))

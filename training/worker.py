@@ -24,6 +24,7 @@ from training import early_stopping
 from training.augment import augment
 from training.batches import batch_targets, batch_to_weightspace, target_filter
 from training.config import TrainConfig
+from training.engine import compile_engine, skip_shm_comm_op
 from training.metrics import PRIMARY_METRIC, task_metrics
 from training.model_io import save_metanet
 from training.tracking import NoTracker, make_tracker
@@ -113,6 +114,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
+    worker_start, first_step_at = time.time(), None
     cfg = TrainConfig.model_validate(config["cfg"])
     spec = spec_from_dict(config["spec"])
     ctx = ray.train.get_context()
@@ -129,10 +131,13 @@ def train_loop_per_worker(config: dict) -> None:
     steps_per_epoch = max(1, math.ceil(config["train_rows_per_worker"] / cfg.batch_size))
     total_steps = max(1, cfg.epochs * steps_per_epoch // cfg.deepspeed.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    skip_shm_comm_op()  # a CPU op training never uses; building it cost ~1 min at start-up (training/engine.py)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg, world), dist_init_required=False,
     )
+    if cfg.model.compile:
+        compile_engine(engine)  # in place: parameter and checkpoint names stay those of the plain model
 
     start_epoch, global_step, stopping = 0, 0, early_stopping.initial_state()
     checkpoint = ray.train.get_checkpoint()
@@ -170,6 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             losses.append(float(loss.detach()))
+            first_step_at = first_step_at or time.time()
             rows += ws.batch_size
             global_step += 1
             if progress is not None:
@@ -189,6 +195,8 @@ def train_loop_per_worker(config: dict) -> None:
             "data_wait_fraction": float(stats[3] / max(stats[4], 1e-9)),
             "skipped_steps": skipped,
         }
+        if first_step_at is not None:  # start-up: DeepSpeed set-up, compilation, the first batch
+            metrics.update(worker_first_step_s=first_step_at - worker_start, first_step_unix_time=first_step_at)
         if skipped and rank == 0:
             print(f"warning: epoch {epoch}: {skipped} optimiser steps skipped (non-finite gradients)",
                   file=sys.stderr, flush=True)

@@ -35,11 +35,14 @@ def normalise_channels(t: torch.Tensor) -> torch.Tensor:
     the backward in float32. Vectors whose largest component is below the dtype's smallest normal number
     (in particular all-zero ones) map to zero with a zero gradient.
     """
+    # masks and the norm live on the reduced (B, 1, ...) tensors; the full-size tensor is read for the max,
+    # divided once (a division, not a reciprocal: its backward stays finite for top ~1e-22 in float32) and
+    # scaled once by 1/norm, which lies in [1/sqrt(C), 1]
     top = t.abs().amax(dim=1, keepdim=True)
     ok = top > torch.finfo(t.dtype).tiny
     u = t / torch.where(ok, top, torch.ones_like(top))
     norm = torch.where(ok, (u * u).sum(dim=1, keepdim=True), torch.ones_like(top)).sqrt()
-    return torch.where(ok, u / norm, torch.zeros_like(t))
+    return u * torch.where(ok, norm.reciprocal(), torch.zeros_like(top))
 
 
 class ChannelLinear(nn.Module):

@@ -1,0 +1,115 @@
+"""`model.compile: true`: a compiled metanetwork computes what the eager one does (float64), keeps its group
+invariance, survives DeepSpeed's engine and its checkpoints, and is saved without `_orig_mod.` keys.
+
+The default tests compile with the `aot_eager` backend: TorchDynamo traces the model (WeightSpace
+containers included) and AOTAutograd builds forward and backward graphs, without inductor's C++ build,
+which takes minutes on a busy CPU. The inductor tests are marked slow."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from metanets import NetworkSpec, WeightSpace, build_model, symmetry
+from metanets.testing import TOLERANCE, assert_invariant
+from training.config import ConfigError, load_config
+from training.engine import COMPILED_PREFIX, clean_state_dict, uncompiled
+from training.model_io import load_metanet, save_metanet
+
+
+def _spec_and_batch(activation: str = "relu", batch: int = 3):
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"0.weight": (5, 3), "0.bias": (5,), "1.weight": (4, 5), "1.bias": (4,), "2.weight": (2, 4),
+              "2.bias": (2,)}
+    sds = [{k: torch.randn(*s, generator=gen) for k, s in shapes.items()} for _ in range(batch)]
+    spec = NetworkSpec.from_state_dict(sds[0], activation=activation)
+    return spec, WeightSpace.from_state_dicts(sds, spec, dtype=torch.float64)
+
+
+def _model(name, spec):
+    torch.manual_seed(0)
+    kwargs = {"hidden": 3, "num_layers": 2, "head_hidden": 8} if name != "statnet" else {"hidden": 8}
+    return build_model(name, spec, **kwargs).double()
+
+
+def _compiled_matches_eager(name: str, activation: str, backend: str) -> None:
+    from torch._dynamo.utils import counters
+
+    spec, ws = _spec_and_batch(activation)
+    eager, model = _model(name, spec), _model(name, spec)
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile(backend=backend, fullgraph=False)  # in place, as DeepSpeed's engine.compile does
+    assert list(model.state_dict()) == list(eager.state_dict())  # no `_orig_mod.` prefix
+    out, ref = model(ws), eager(ws)
+    assert counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
+    torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE[torch.float64])
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for (key, p), q in zip(model.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=f"gradient of {key}")
+    # metanets.testing copies the model (deepcopy) and checks its output in float64: the copy of a model
+    # compiled in place must run its own weights
+    elements = [symmetry.sample(spec, ws.batch_size, scale=(0.2, 5.0), generator=torch.Generator().manual_seed(k))
+                for k in range(2)]
+    assert_invariant(model, ws, elements)
+    shifted = copy.deepcopy(model)
+    with torch.no_grad():
+        next(shifted.parameters()).add_(1.0)
+        assert float((shifted(ws) - out).abs().max()) > 1e-6, "the deep copy still runs the original's weights"
+
+
+@pytest.mark.parametrize("name,activation", [("monomial_nfn", "relu"), ("monomial_nfn", "tanh")])
+def test_compiled_model_matches_eager_and_stays_invariant(name, activation):
+    _compiled_matches_eager(name, activation, "aot_eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,activation", [("monomial_nfn", "relu"), ("hnp", "relu"), ("np", "tanh")])
+def test_inductor_compiled_model_matches_eager_and_stays_invariant(name, activation):
+    _compiled_matches_eager(name, activation, "inductor")
+
+
+def test_compiled_model_still_names_bad_input():
+    spec, ws = _spec_and_batch()
+    model = _model("monomial_nfn", spec)
+    model.compile(backend="aot_eager")
+    bad = WeightSpace(spec, (ws.weights[0], ws.weights[1].clone().fill_(float("nan")), ws.weights[2]), ws.biases)
+    with pytest.raises(ValueError, match=r"1\.weight: non-finite values"):
+        model(bad)
+
+
+def test_saved_compiled_model_has_plain_keys_and_loads(tmp_path):
+    spec, ws = _spec_and_batch()
+    plain = _model("monomial_nfn", spec).float()
+    wrapped = torch.compile(copy.deepcopy(plain), backend="aot_eager")  # torch.compile(m) wraps: `_orig_mod.`
+    assert all(k.startswith(COMPILED_PREFIX) for k in wrapped.state_dict())
+    assert uncompiled(wrapped) is wrapped._orig_mod
+    in_place = copy.deepcopy(plain)
+    in_place.compile(backend="aot_eager")
+    card = {"model": "monomial_nfn", "kwargs": {"hidden": 3, "num_layers": 2, "head_hidden": 8},
+            "spec": spec.to_dict(), "arch_id": spec.arch_id}
+    for label, model in (("wrapped", wrapped), ("in_place", in_place)):
+        save_metanet(tmp_path / label, model, card)
+        loaded, _ = load_metanet(tmp_path / label)
+        assert list(loaded.state_dict()) == list(plain.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ws.float()), plain(ws.float()), rtol=0, atol=0)
+
+
+def test_a_compiled_submodule_is_refused_by_name():
+    spec, _ = _spec_and_batch()
+    model = _model("monomial_nfn", spec)
+    model.head = torch.compile(model.head, backend="aot_eager")
+    with pytest.raises(ValueError, match=r"'head\._orig_mod\.0\.weight'.*module\.compile\(\)"):
+        clean_state_dict(model)
+
+
+def test_config_compile_flag():
+    cfg = load_config(None, ["data.table=t", "model.compile=true"])
+    assert cfg.model.compile is True
+    assert load_config(None, ["data.table=t"]).model.compile is False
+    with pytest.raises(ConfigError, match="model.compile"):
+        load_config(None, ["data.table=t", "model.compile=sometimes"])
