@@ -157,12 +157,17 @@ def test_feature_alpha_eps_is_learnable_and_stays_in_the_group():
     alpha = model.quasi.alpha
     torch.testing.assert_close(alpha.eps, torch.full_like(alpha.eps, 0.01))
     model(ws.float()).sum().backward()
-    assert alpha.eps_logit.grad is not None and alpha.eps_logit.grad.abs().sum() > 0
+    assert alpha.eps_param.grad is not None and alpha.eps_param.grad.abs().sum() > 0
+    # near its initial value eps moves as fast as an unclamped eps would: d eps / d p = 1 - (eps/eps_max)^2
+    p = alpha.eps_param.detach().clone().requires_grad_(True)
+    (alpha.eps_max * torch.tanh(p / alpha.eps_max)).sum().backward()
+    assert float(p.grad.min()) > 0.999
     with torch.no_grad():
-        alpha.eps_logit.fill_(1e4)  # the bound holds however far training pushes the parameter
-        assert float(alpha.eps.max()) < 1.0
-        assert min(float(a.min()) for a in alpha(model.body(ws.float()))) > 0.0
-    assert "eps_logit" in dict(build_model("monomial_nfn_quasi", spec, alpha_source="feature", eps=0.0)
+        for far in (1e4, -1e4):  # the bound holds however far training pushes the parameter, either way
+            alpha.eps_param.fill_(far)
+            assert float(alpha.eps.abs().max()) < 1.0
+            assert min(float(a.min()) for a in alpha(model.body(ws.float()))) > 0.0
+    assert "eps_param" in dict(build_model("monomial_nfn_quasi", spec, alpha_source="feature", eps=0.0)
                                .quasi.alpha.named_buffers())
 
 
