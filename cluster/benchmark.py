@@ -85,8 +85,10 @@ def _check_architectures(cfg: BenchmarkConfig, trial_cfgs: dict) -> str:
 
 
 def trial_key(table_fp: str, tcfg, eval_settings: dict) -> str:
-    train = tcfg.model_dump(mode="json")
-    train["mlflow"].pop("parent_run_id", None)  # which benchmark run is parent does not change a result
+    # settings left at their defaults are not hashed, so a new config field (added with a default that
+    # keeps today's behaviour) does not invalidate trials that are already complete
+    train = tcfg.model_dump(mode="json", exclude_defaults=True)
+    train.get("mlflow", {}).pop("parent_run_id", None)  # which benchmark run is parent does not change a result
     train.pop("run_name", None)
     return _hash({"table": table_fp, "train": train, "eval": eval_settings})
 
