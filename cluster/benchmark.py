@@ -126,6 +126,9 @@ def main(cfg: BenchmarkConfig, progress: bool = True) -> dict:
         tcfg = trial_cfgs[pair].model_copy(deep=True)
         tcfg.data.table = _absolute(tcfg.data.table)
         tcfg.checkpoint.storage_path = _absolute(tcfg.checkpoint.storage_path)
+        # the trial's driver runs in Tune's trial folder: a relative (or defaulted) tracking URI would name
+        # another database there, so every trial gets the benchmark's resolved one
+        tcfg.mlflow.tracking_uri = tracking_uri
         if parent:
             tcfg.mlflow.parent_run_id = parent["run_id"]
             tcfg.mlflow.experiment = parent["experiment"]

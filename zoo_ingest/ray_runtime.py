@@ -73,6 +73,11 @@ def _is_console(handler: logging.Handler) -> bool:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def _write_worker_lines_any(path: str, dedup: dict, data: dict, ignore_prefix: bool = False) -> None:
+    """`ray._private.worker.print_to_stdstream`'s signature, written to the log file instead."""
+    _write_worker_lines(path, dedup, data)
+
+
 def _write_worker_lines(path: str, dedup: dict, data: dict) -> None:
     """One batch of lines that Ray forwards from a worker or actor (log_to_driver), prefixed as Ray does.
     Repeated lines collapse as on Ray's console (`[repeated 12x across cluster]`: Ray Train's placement
@@ -117,6 +122,8 @@ def route_ray_output(log_file: str | None) -> None:
         dispatcher.remove_handler(_WORKER_HANDLER)
         for d in state["dedup"].values():
             _append(path, d.flush())
+        if state.get("printer") is not None:
+            ray_worker.print_to_stdstream = state["printer"]
         if state["removed_printer"]:
             dispatcher.add_handler("ray_print_logs", partial(
                 ray_worker.print_to_stdstream,
@@ -143,6 +150,11 @@ def route_ray_output(log_file: str | None) -> None:
                                                             rc.RAY_DEDUP_LOGS_ALLOW_REGEX, rc.RAY_DEDUP_LOGS_SKIP_REGEX)
                               for k in ("out", "err")}
             dispatcher.add_handler(_WORKER_HANDLER, partial(_write_worker_lines, log_file, state["dedup"]))
+        if state.get("printer") is None:
+            # the raylet's and GCS's warnings (e.g. "N PYTHON worker processes have been started") reach
+            # the driver through a thread that calls this module function directly, not the dispatcher
+            state["printer"] = ray_worker.print_to_stdstream
+            ray_worker.print_to_stdstream = partial(_write_worker_lines_any, log_file, state["dedup"])
         import ray.data  # noqa: F401 - configures the ray.data logger (with a console handler) on import
     if state["file"] is None:
         state["file"] = logging.FileHandler(log_file, encoding="utf-8")

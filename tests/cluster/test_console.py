@@ -166,3 +166,24 @@ def test_repeated_worker_lines_collapse_in_the_log_file(tmp_path):
     assert sum(warning in line for line in lines) == 2  # the first, then one summary
     assert "[repeated 4x across cluster]" in lines[-1]
     assert any("(RayTrainWorker pid=7) Setting up process group" in line for line in lines)
+
+
+def test_raylet_warnings_go_to_the_log_file_and_the_printer_comes_back(ray_local, tmp_path, capsys):
+    """The raylet's warnings ("N PYTHON worker processes have been started ...") reach the driver through a
+    thread that calls `ray._private.worker.print_to_stdstream` itself, not the log dispatcher."""
+    from ray._private import worker as ray_worker
+
+    from zoo_ingest.ray_runtime import route_ray_output
+
+    original = ray_worker.print_to_stdstream
+    path = str(tmp_path / "ray.log")
+    warning = "WARNING: 8 PYTHON worker processes have been started on node: abc"
+    route_ray_output(path)
+    try:
+        ray_worker.print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    finally:
+        route_ray_output(None)
+    captured = capsys.readouterr()
+    assert warning not in captured.out + captured.err
+    assert warning in open(path).read()
+    assert ray_worker.print_to_stdstream is original
