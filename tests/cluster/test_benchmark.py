@@ -16,8 +16,10 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "benchmark-tiny.yaml"
 
 
 def _cfg(tmp_path, table, *extra):
+    # a relative tracking URI (as the embedded default sqlite:///mlflow.db is), resolved in the benchmark's
+    # directory (the tests chdir to tmp_path): the trials, which run in Tune's folders, must log there too
     return load_config(TINY, [f"store={tmp_path / 'store'}", f"table={table}", "train.epochs=1",
-                              f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra], cls=BenchmarkConfig)
+                              "tracking_uri=sqlite:///mlflow.db", *extra], cls=BenchmarkConfig)
 
 
 def test_bad_input_is_refused_before_any_trial(ray_local, digits_cnn_table, tmp_path, monkeypatch):
