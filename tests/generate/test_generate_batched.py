@@ -24,12 +24,7 @@ HPARAMS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/generate/conftest.py
 
 
 def cnn_start(i: int, activation: str = "relu"):

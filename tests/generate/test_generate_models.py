@@ -19,12 +19,7 @@ CNN_KEYS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "conv3.w
             "fc.weight", "fc.bias")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/generate/conftest.py
 
 
 def test_digits_splits_partition_the_images():

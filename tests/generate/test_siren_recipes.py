@@ -18,12 +18,7 @@ from zoo_ingest.generators.sampling import split_of_rank
 INDEPENDENT = {"init": "independent", "copies": 3, "size": 12, "steps": 30}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/generate/conftest.py
 
 
 def weights(run) -> dict[str, torch.Tensor]:
