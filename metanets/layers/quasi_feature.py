@@ -58,18 +58,20 @@ def row_stats(flat: torch.Tensor) -> torch.Tensor:
     if flat.dtype in (torch.float16, torch.bfloat16):
         flat = flat.float()
     n = flat.shape[1]
-    pos = torch.tensor(QUANTILES, dtype=torch.float64) * (n - 1)
-    lo, hi = pos.floor().long(), pos.ceil().long()
-    frac = (pos - pos.floor()).to(dtype=flat.dtype, device=flat.device)
-    ks = sorted(set(lo.tolist()) | set(hi.tolist()))
+    # positions as Python numbers, not tensors: torch.export (MLflow's pt2) traces this function, and a
+    # traced tensor's .tolist() gives symbols that cannot index
+    pos = [q * (n - 1) for q in QUANTILES]
+    lo, hi = [math.floor(p) for p in pos], [math.ceil(p) for p in pos]
+    frac = torch.tensor([p - math.floor(p) for p in pos], dtype=flat.dtype, device=flat.device)
+    ks = sorted(set(lo) | set(hi))
     if flat.device.type == "cpu" and not _exporting(flat):
         idx = np.argpartition(flat.detach().numpy(), ks, axis=1)[:, ks]
         picked = torch.gather(flat, 1, torch.from_numpy(np.ascontiguousarray(idx)))
     else:
         picked = flat.sort(dim=1).values[:, ks]
     col = {k: j for j, k in enumerate(ks)}
-    q_lo = picked[:, [col[k] for k in lo.tolist()]]
-    q_hi = picked[:, [col[k] for k in hi.tolist()]]
+    q_lo = picked[:, [col[k] for k in lo]]
+    q_hi = picked[:, [col[k] for k in hi]]
     q = q_lo + (q_hi - q_lo) * frac
     return torch.cat([flat.mean(dim=1, keepdim=True), flat.var(dim=1, unbiased=False)[:, None], q], dim=1)
 
@@ -82,9 +84,12 @@ def _median(t: torch.Tensor) -> torch.Tensor:
 def layer_features(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Projected W_i (B, K, ...) and b_i (B, K, n_i) -> (B, K, 16), LayerNorm-ed over the last axis."""
     B, K = b.shape[:2]
-    w_flat = w.reshape(B, K, -1)
-    w_stats = row_stats(w_flat.reshape(B * K, -1)).reshape(B, K, NUM_STATS)
-    b_stats = row_stats(b.reshape(B * K, -1)).reshape(B, K, NUM_STATS)
+    # explicit entry counts (never -1): while torch.export traces with a symbolic batch B, a -1 here would
+    # make the row length symbolic too, and the quantile positions must be plain ints
+    entries = math.prod(w.shape[2:])
+    w_flat = w.reshape(B, K, entries)
+    w_stats = row_stats(w_flat.reshape(B * K, entries)).reshape(B, K, NUM_STATS)
+    b_stats = row_stats(b.reshape(B * K, b.shape[2])).reshape(B, K, NUM_STATS)
     channel_mean = w_flat.mean(dim=1)  # (B, entries)
     g_mean = channel_mean.mean(dim=1)
     g_mad = _median((channel_mean - _median(channel_mean)[:, None]).abs())

@@ -1,0 +1,30 @@
+"""Every Linear/Conv2d model family goes through the export MLflow logs (`torch.export` of the flat-input
+wrapper with a dynamic batch, the pickle-free pt2 format) and the exported program computes what the model
+does. A trial that trained for minutes must not fail at this last step."""
+
+import pytest
+import torch
+
+from metanets import NetworkSpec, build_model
+from training.model_io import FlatInputModel, example_input
+from zoo_ingest.generators.cnn import build_digits_cnn
+
+FAMILIES = {
+    "statnet": {}, "np": {"hidden": 2}, "hnp": {"hidden": 2}, "monomial_nfn": {"hidden": 4},
+    "monomial_nfn_quasi": {"hidden": 4},
+    "monomial_nfn_quasi_feature": {"hidden": 4, "alpha_source": "feature"},
+    "np_canon": {"hidden": 2}, "hnp_canon": {"hidden": 2}, "statnet_canon": {},
+}
+
+
+@pytest.mark.parametrize("label", FAMILIES)
+def test_model_exports_with_a_dynamic_batch(label):
+    spec = NetworkSpec.from_state_dict(build_digits_cnn("relu").state_dict(), activation="relu")
+    name = "monomial_nfn_quasi" if label.startswith("monomial_nfn_quasi") else label
+    torch.manual_seed(0)
+    flat = FlatInputModel(build_model(name, spec, **FAMILIES[label]).eval())
+    x = torch.from_numpy(example_input(spec))
+    program = torch.export.export(flat, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    batch = torch.randn(3, x.shape[1], generator=torch.Generator().manual_seed(1)) * 0.2
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(batch), flat(batch))
