@@ -24,7 +24,8 @@ from training.config import ConfigError, resolve_tracking_uri
 def _location(cfg: BenchmarkConfig):
     from zoo_ingest.storage import Location
 
-    return Location(cfg.store.rstrip("/")).child(f"benchmark/{cfg.folder}")
+    # absolute: the trials write their records from Tune's trial folders, not from this directory
+    return Location(_absolute(cfg.store).rstrip("/")).child(f"benchmark/{cfg.folder}")
 
 
 def _report_dir(cfg: BenchmarkConfig) -> Path:

@@ -18,7 +18,7 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "benchmark-tiny.yaml"
 def _cfg(tmp_path, table, *extra):
     # a relative tracking URI (as the embedded default sqlite:///mlflow.db is), resolved in the benchmark's
     # directory (the tests chdir to tmp_path): the trials, which run in Tune's folders, must log there too
-    return load_config(TINY, [f"store={tmp_path / 'store'}", f"table={table}", "train.epochs=1",
+    return load_config(TINY, ["store=store", f"table={table}", "train.epochs=1",
                               "tracking_uri=sqlite:///mlflow.db", *extra], cls=BenchmarkConfig)
 
 
