@@ -83,8 +83,13 @@ class GenerationResult:
 def _options(definition: ZooDefinition, copies: int | None, extra: dict | None = None) -> dict:
     options = dict(definition.options)
     for key, value in (extra or {}).items():
+        if key in definition.optional:
+            if value is not None:
+                options[key] = value
+            continue
         if key not in options or key == "copies":
-            raise GenerateError(f"option {key!r} does not apply to {definition.name}; it takes {sorted(options)}")
+            takes = sorted(set(options) | definition.optional)
+            raise GenerateError(f"option {key!r} does not apply to {definition.name}; it takes {takes}")
         options[key] = value
     if copies is not None:
         if "copies" not in options:
@@ -289,6 +294,8 @@ def generate(
     definition = _check_arguments(zoo, n, seed, workers, networks_per_task, block_size, block_memory_mb)
     n, seed = int(n), int(seed)
     options = _options(definition, copies, options)
+    if definition.check_options is not None:
+        definition.check_options(options)
     block_memory = None if block_memory_mb is None else int(block_memory_mb) << 20
     if definition.max_networks is not None and n > definition.max_networks(options):
         raise GenerateError(f"{zoo} with options {options} has at most {definition.max_networks(options)} networks")

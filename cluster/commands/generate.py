@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with a batched path; 1: the per-network reference path)")
     parser.add_argument("--block-memory-mb", type=int, default=None, metavar="MB",
                         help="memory one block may use; a bigger block is split (default: 1/4 of what is free)")
+    parser.add_argument("--activation", choices=("relu", "tanh"), default=None,
+                        help="digits-cnn only: every network gets this activation (default: sampled per network; "
+                             "the other hyper-parameters are drawn as without it)")
     parser.add_argument("--copies", type=int, default=None,
                         help="digits-siren only: fits per image from different initialisations (default 1)")
     parser.add_argument("--init", choices=("shared", "independent"), default=None,
@@ -49,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _zoo_options(args: argparse.Namespace) -> dict:
-    given = dict(init=args.init, size=args.image_size, steps=args.steps, psnr_floor=args.psnr_floor)
+    given = dict(init=args.init, size=args.image_size, steps=args.steps, psnr_floor=args.psnr_floor,
+                 activation=args.activation)
     return {key: value for key, value in given.items() if value is not None}
 
 

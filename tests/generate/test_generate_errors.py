@@ -41,6 +41,8 @@ def snapshot(folder) -> dict[str, bytes]:
         ("digits-cnn", 3, {"block_size": 2.5}, "block_size must be an integer >= 1, got 2.5"),
         ("digits-cnn", 3, {"block_memory_mb": 0}, "block_memory_mb must be an integer >= 1, got 0"),
         ("digits-cnn", 3, {"block_size": 4, "networks_per_task": 2}, "networks_per_task applies to the per-network"),
+        ("digits-cnn", 3, {"options": {"activation": "gelu"}}, "--activation must be one of relu, tanh, got 'gelu'"),
+        ("digits-siren", 3, {"options": {"activation": "relu"}}, "option 'activation' does not apply to digits-siren"),
     ],
 )
 def test_bad_arguments_fail_before_writing(tmp_path, zoo, n, kw, message):
@@ -169,3 +171,22 @@ def test_cli_reports_errors_and_runs(tmp_path, capsys):
     assert "final psnr: min" in printed
     lines = (out / "metadata.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[0].startswith("file,network_id,step,split,label,activation,psnr")
+
+
+def test_a_fixed_activation_changes_only_the_activation(tmp_path):
+    from zoo_ingest.generators import cnn
+
+    for k in range(6):
+        sampled, _, _ = cnn._start(k, 3)
+        fixed, _, model = cnn._start(k, 3, activation="tanh")
+        assert fixed == {**sampled, "activation": "tanh"} and model.activation == "tanh"
+    # recorded only when given: a zoo made before the option existed keeps its manifest, and resumes
+    quiet("digits-cnn", tmp_path / "mixed", 1, options={"activation": None})
+    assert json.loads((tmp_path / "mixed" / "generation.json").read_text())["options"] == {}
+    quiet("digits-cnn", tmp_path / "tanh", 2, options={"activation": "tanh"})
+    found = json.loads((tmp_path / "tanh" / "generation.json").read_text())
+    assert found["options"] == {"activation": "tanh"}
+    metadata = (tmp_path / "tanh" / "metadata.csv").read_text()
+    assert "relu" not in metadata and "tanh" in metadata
+    with pytest.raises(GenerateError, match="holds a different zoo|different"):
+        quiet("digits-cnn", tmp_path / "tanh", 2, options={"activation": "relu"})

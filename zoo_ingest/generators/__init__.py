@@ -28,8 +28,11 @@ class ZooDefinition:
     train_network: Callable[[int, int, dict], NetworkRun]
     metric: str  # the final-checkpoint metric whose spread the generator prints
     options: dict = field(default_factory=dict)  # accepted options and their defaults
+    # accepted options recorded in the manifest only when given, so zoos made before they existed still resume
+    optional: frozenset = frozenset()
     version: int = 1  # bump whenever the same (seed, k) would give different weights
     max_networks: Callable[[dict], int] | None = None
+    check_options: Callable[[dict], None] | None = None  # raises GenerateError naming a bad option
     train_block: Callable[[list[int], int, dict], list[NetworkRun]] | None = None  # the batched path
     block_version: int = 1  # bump whenever train_block would give different weights for the same block
     block_bytes: int = 4 << 20  # estimated memory of one network while a block trains (splits big blocks)
@@ -41,6 +44,8 @@ ZOOS: dict[str, ZooDefinition] = {
         "Small-CNN-Zoo CNNs (4,970 parameters) classifying digits",
         cnn.train_network,
         "test_accuracy",
+        optional=frozenset({"activation"}),
+        check_options=cnn.check_options,
         train_block=cnn.train_block,
         block_bytes=2 << 20,
     ),

@@ -16,6 +16,7 @@ from torch import nn
 from zoo_ingest.generators.batched import Family, train_classifiers
 from zoo_ingest.generators.classifier import OPTIMIZERS, NetworkRun, apply_dropout, snapshot, train_classifier
 from zoo_ingest.generators.sampling import choice, log_uniform, network_rng, split_of_rank, torch_generator
+from zoo_ingest.generators.store import GenerateError
 
 ZOO = "digits-cnn"
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
@@ -72,10 +73,21 @@ def init_weights(model: nn.Module, scale: float, generator: torch.Generator) -> 
             module.bias.zero_()
 
 
-def _start(k: int, seed: int, model: DigitsCNN | None = None) -> tuple[dict, torch.Generator, DigitsCNN]:
-    """Network k's hyper-parameters, its generator (after initialisation) and its initialised model."""
+def check_options(options: dict) -> None:
+    """`activation` (optional): every network gets this activation instead of a sampled one."""
+    activation = options.get("activation")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise GenerateError(f"--activation must be one of {', '.join(sorted(ACTIVATIONS))}, got {activation!r}")
+
+
+def _start(k: int, seed: int, model: DigitsCNN | None = None,
+           activation: str | None = None) -> tuple[dict, torch.Generator, DigitsCNN]:
+    """Network k's hyper-parameters, its generator (after initialisation) and its initialised model.
+    `activation` replaces the sampled one; every other draw is the same as without it."""
     rng = network_rng(ZOO, seed, k)
     hparams = sample_hparams(rng)
+    if activation is not None:
+        hparams["activation"] = activation
     generator = torch_generator(rng)
     if model is None or model.activation != hparams["activation"]:
         model = DigitsCNN(hparams["activation"])
@@ -85,7 +97,7 @@ def _start(k: int, seed: int, model: DigitsCNN | None = None) -> tuple[dict, tor
 
 def train_network(k: int, seed: int, options: dict) -> NetworkRun:
     """Network k of the zoo; its checkpoints train lazily as they are iterated."""
-    hparams, generator, model = _start(k, seed)
+    hparams, generator, model = _start(k, seed, activation=options.get("activation"))
     checkpoints = train_classifier(model, hparams, generator, BATCH_SIZE)
     return NetworkRun(hparams, hparams["activation"], split_of_rank(k), checkpoints)
 
@@ -115,7 +127,7 @@ def train_block(ids: list[int], seed: int, options: dict) -> list[NetworkRun]:
     network k's own (as in `train_network`). Returns one NetworkRun per id, in order."""
     starts, model = [], None
     for k in ids:
-        hparams, generator, model = _start(k, seed, model)
+        hparams, generator, model = _start(k, seed, model, options.get("activation"))
         starts.append((k, hparams, generator, snapshot(model)))
     runs = {}
     for activation in sorted(ACTIVATIONS):
