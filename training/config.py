@@ -27,6 +27,11 @@ class DataConfig(Strict):
     val_split: str = "val"
     test_split: str = "test"
     steps: list[int] | None = Field(None, description="keep checkpoints at these steps only; None: all")
+    train_networks: int | None = Field(
+        None, ge=1, description="train on this many networks of the training split (all their checkpoints): "
+                                "the first in a fixed order (hash of the table's network key), so a smaller "
+                                "subset lies inside a bigger one and every family and seed gets the same "
+                                "networks; validation and test splits are unchanged. None: all")
     target: str = Field("test_accuracy", description="metric column to regress, or 'label' to classify")
     shuffle_buffer: int = Field(512, ge=1, description="rows in the per-worker shuffle buffer")
     cache: Literal["auto", "always", "never"] = Field(

@@ -85,11 +85,44 @@ def prepare(cfg: TrainConfig):
                 f"split {split!r} of table {cfg.data.table!r} is empty after filtering "
                 f"(arch={arch_id}, steps={cfg.data.steps}, target={cfg.data.target!r} not null)"
             )
+    if cfg.data.train_networks is not None:
+        keep = train_subset(table, arch_id, cfg)
+        rows[cfg.data.train_split] = len(keep)
     if rows[cfg.data.train_split] < cfg.scaling.num_workers:
         raise ValueError(f"{rows[cfg.data.train_split]} training rows cannot feed {cfg.scaling.num_workers} workers")
     out_dim = OUTPUT_DIM.get(cfg.task.kind, cfg.task.num_classes)
     build_model(cfg.model.name, spec, out_dim=out_dim, **cfg.model.kwargs)  # fail now, not in a worker
     return table, arch_id, spec, rows, out_dim
+
+
+def train_subset(table, arch_id: str, cfg: TrainConfig) -> list[str]:
+    """The model_ids of the training rows of `data.train_networks` networks (see its description).
+
+    A network is what the table's split keeps together (the card's `split.by`: a hyper-parameter such as
+    `network_id` or `modeldir`); networks are ordered by the hash of `key=value`, whatever the seed."""
+    import hashlib
+    import json
+
+    n = cfg.data.train_networks
+    by = (table.card.get("settings") or {}).get("split", {}).get("by")
+    if not by or by in ("model_id", "index"):
+        raise ConfigError(f"'data.train_networks': table {cfg.data.table!r} does not name its networks by a "
+                          f"hyper-parameter (its split is by {by or 'a split file'!r}), so networks cannot be counted")
+    columns = table.read_columns(["model_id", "hparams"], cfg.data.train_split, arch_id, steps=cfg.data.steps,
+                                 where=target_filter(cfg.data.target))
+    networks: dict[str, list[str]] = {}
+    for model_id, hparams in zip(columns["model_id"].to_pylist(), columns["hparams"].to_pylist()):
+        parsed = json.loads(hparams) if hparams else {}
+        value = parsed.get(by, parsed.get(f"config.{by}", parsed.get(f"hparam.{by}")))
+        if value is None:
+            raise ConfigError(f"'data.train_networks': row {model_id} of {cfg.data.table!r} has no {by!r} "
+                              "hyper-parameter, so its network is unknown")
+        networks.setdefault(f"{by}={value}", []).append(model_id)
+    if n > len(networks):
+        raise ConfigError(f"'data.train_networks': {n} asked for, but split {cfg.data.train_split!r} of "
+                          f"{cfg.data.table!r} holds {len(networks)} networks (arch {arch_id})")
+    order = sorted(networks, key=lambda key: hashlib.sha256(key.encode()).hexdigest())
+    return sorted(m for key in order[:n] for m in networks[key])
 
 
 def main(cfg: TrainConfig) -> TrainResult:
@@ -129,7 +162,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     data_ctx.enable_progress_bars = False  # one progress bar (rank 0's), not one per operator
     data_ctx.print_on_execution_start = False
     # rank 0 reads the (small) validation split straight from the table; training rows stream via Ray Data
-    train = table.to_ray_dataset(split=cfg.data.train_split, columns=columns, **filters)
+    model_ids = train_subset(table, arch_id, cfg) if cfg.data.train_networks is not None else None
+    train = table.to_ray_dataset(split=cfg.data.train_split, columns=columns, model_ids=model_ids, **filters)
     if cache_training_split(cfg, spec, rows[cfg.data.train_split],
                             ray.cluster_resources().get("object_store_memory", 0)):
         train = train.materialize()

@@ -48,8 +48,13 @@ def start_run(cfg: TrainConfig, tracking_uri: str, experiment: str, run_name: st
     from zoo_ingest import open_table
 
     table = open_table(cfg.data.table)
-    for split, context in ((cfg.data.train_split, "training"), (cfg.data.val_split, "validation")):
-        log_table_input(client, run.info.run_id, table, split, arch_id, context)
+    subset = None
+    if cfg.data.train_networks is not None:
+        from training.driver import train_subset
+
+        subset = train_subset(table, arch_id, cfg)
+    log_table_input(client, run.info.run_id, table, cfg.data.train_split, arch_id, "training", subset)
+    log_table_input(client, run.info.run_id, table, cfg.data.val_split, arch_id, "validation")
     return run.info.run_id
 
 

@@ -99,16 +99,20 @@ def flatten_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def table_digest(table, split: str, arch_id: str) -> str:
+def table_digest(table, split: str, arch_id: str, model_ids: list[str] | None = None) -> str:
     """A short digest of the rows of one split and architecture: sha256 over their sorted content hashes
-    (`model_id`), so the same rows give the same digest wherever the table lives and however it is sharded."""
+    (`model_id`), so the same rows give the same digest wherever the table lives and however it is sharded.
+    `model_ids`: a subset of those rows (`data.train_networks`), digested the same way."""
     import hashlib
 
     import pyarrow.dataset as ds
 
     paths = table.files(split, arch_id)
     h = hashlib.sha256(f"{arch_id}/{split}\n".encode())
-    if paths:
+    if model_ids is not None:
+        for model_id in sorted(model_ids):
+            h.update(model_id.encode() + b"\n")
+    elif paths:
         afs, _ = table.location.arrow()
         ids = ds.dataset(paths, filesystem=afs, format="parquet").to_table(columns=["model_id"])
         for model_id in sorted(ids.column("model_id").to_pylist()):
@@ -116,7 +120,7 @@ def table_digest(table, split: str, arch_id: str) -> str:
     return h.hexdigest()[:12]
 
 
-def table_dataset(table, split: str, arch_id: str):
+def table_dataset(table, split: str, arch_id: str, model_ids: list[str] | None = None):
     """The weight table's rows of `split` and `arch_id` as an MLflow dataset (metadata only): named
     `<zoo>/<split>/arch=<arch_id>`, its source the table's URI, its digest `table_digest`."""
     from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
@@ -130,16 +134,19 @@ def table_dataset(table, split: str, arch_id: str):
         source = resolve_dataset_source(table.uri, candidate_sources=candidates[:1])
     else:  # a scheme MLflow has no source type for: keep the URI, typed as a URL
         source = HTTPDatasetSource(table.uri)
-    return MetaDataset(source, name=f"{table.zoo}/{split}/arch={arch_id}", digest=table_digest(table, split, arch_id))
+    name = f"{table.zoo}/{split}/arch={arch_id}" + ("" if model_ids is None else f"/rows={len(model_ids)}")
+    return MetaDataset(source, name=name, digest=table_digest(table, split, arch_id, model_ids))
 
 
-def log_table_input(client, run_id: str, table, split: str, arch_id: str, context: str | None = None) -> None:
+def log_table_input(client, run_id: str, table, split: str, arch_id: str, context: str | None = None,
+                    model_ids: list[str] | None = None) -> None:
     """Link the table's `split` rows of `arch_id` to the run as a dataset input (the UI's Dataset column);
-    `context` (default: the split) says what the run did with them."""
+    `context` (default: the split) says what the run did with them; `model_ids`: only these rows of it."""
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    entity = table_dataset(table, split, arch_id)._to_mlflow_entity()
+    entity = table_dataset(table, split, arch_id, model_ids)._to_mlflow_entity()
+    rows = table.num_rows(split, arch_id) if model_ids is None else len(model_ids)
     tags = [InputTag(MLFLOW_DATASET_CONTEXT, context or split), InputTag("metazoo.split", split),
-            InputTag("metazoo.arch_id", arch_id), InputTag("metazoo.rows", str(table.num_rows(split, arch_id)))]
+            InputTag("metazoo.arch_id", arch_id), InputTag("metazoo.rows", str(rows))]
     client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])

@@ -191,6 +191,7 @@ def train_loop_per_worker(config: dict) -> None:
         skipped = engine.skipped_steps - skipped_before
         metrics = {
             "epoch": epoch, "global_step": global_step, "train_loss": float(stats[0] / max(stats[1], 1)),
+            "train_rows": float(stats[2]),  # checkpoints trained on this epoch, all workers together
             "train_networks_per_s": float(stats[2] / max(stats[4] / world, 1e-9)),
             "data_wait_fraction": float(stats[3] / max(stats[4], 1e-9)),
             "skipped_steps": skipped,

@@ -158,6 +158,22 @@ class WeightTable:
                 total += dataset.to_table(columns=["step"], filter=expr).num_rows
         return total
 
+    def read_columns(
+        self,
+        columns: list[str],
+        split: str | Iterable[str] | None = None,
+        arch: str | None = None,
+        *,
+        steps: int | Iterable[int] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+    ) -> pa.Table:
+        """The non-tensor `columns` (e.g. model_id, hparams) of the rows `batches` would yield."""
+        expr = self._expression(steps, where, None)
+        afs, _ = self.location.arrow()
+        parts = [ds.dataset(paths, filesystem=afs, format="parquet").to_table(columns=columns, filter=expr)
+                 for paths in (self.files(split, a) for a in self._arch_ids(arch)) if paths]
+        return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in columns})
+
     def rejects(self) -> pa.Table:
         """All rejected inputs: columns source, reason, detail."""
         afs, _ = self.location.arrow()
@@ -279,10 +295,12 @@ class WeightTable:
         steps: int | Iterable[int] | None = None,
         where: Mapping[str, tuple[float | None, float | None]] | None = None,
         columns: list[str] | None = None,
+        model_ids: Iterable[str] | None = None,
         **read_kwargs,
     ):
         """A Ray Data dataset over one architecture's shards (with `arch` and `split` columns from the
-        paths). Turn its numpy batches into WeightSpaces with `to_weight_space(batch, table.archs[arch])`."""
+        paths). Turn its numpy batches into WeightSpaces with `to_weight_space(batch, table.archs[arch])`.
+        `model_ids`: keep only these rows."""
         from ray.data.expressions import col
 
         from zoo_ingest.ray_runtime import ensure_ray
@@ -297,6 +315,8 @@ class WeightTable:
         for name, op, value in self._conditions(steps, where):
             c = col(name)
             dataset = dataset.filter(expr=c.is_in(value) if op == "in" else (c >= value if op == ">=" else c <= value))
+        if model_ids is not None:
+            dataset = dataset.filter(expr=col("model_id").is_in(list(model_ids)))
         if columns is not None:
             dataset = dataset.select_columns(columns)
         return dataset

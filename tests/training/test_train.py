@@ -117,12 +117,22 @@ def test_bad_input_fails_before_any_worker_starts(digits_cnn_table, tmp_path):
 def test_training_against_a_real_mlflow_server(digits_cnn_table, mlflow_server, tmp_path):
     from mlflow import MlflowClient
 
+    from training.driver import prepare, train_subset
+
+    # on a subset of the training networks (data.train_networks): trained on and logged as such
     cfg = _cfg(digits_cnn_table, tmp_path, "epochs=1", f"mlflow.tracking_uri={mlflow_server}",
-               "mlflow.experiment=server-test")
+               "mlflow.experiment=server-test", "data.train_networks=6")
     result = main(cfg)
     client = MlflowClient(mlflow_server)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and "val_kendall_tau" in run.data.metrics
+    table, arch_id, *_ = prepare(cfg)
+    subset = train_subset(table, arch_id, cfg)
+    # Ray's equal split may leave out up to (workers - 1) rows
+    assert len(subset) - 1 <= run.data.metrics["train_rows"] <= len(subset) < table.num_rows("train", arch_id)
+    (training,) = [d for d in run.inputs.dataset_inputs
+                   if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "training"]
+    assert {t.key: t.value for t in training.tags}["metazoo.rows"] == str(len(subset))
     assert "train_networks_per_s" in run.data.metrics and 0 <= run.data.metrics["data_wait_fraction"] <= 1
     assert {a.path for a in client.list_artifacts(result.run_id)} >= {"metanet", "plots"}
     assert str(client.get_model_version_by_alias("server-test", "champion").version) == result.version
