@@ -50,7 +50,8 @@ def test_the_ray_dataset_keeps_only_the_subset(digits_cnn_table):
 
 
 def test_more_networks_than_the_split_holds_is_an_error_naming_the_key(digits_cnn_table):
-    with pytest.raises(ConfigError, match=r"'data.train_networks': 10000 asked for, but split 'train' .* holds \d+ networks"):
+    message = r"'data.train_networks': 10000 asked for, but split 'train' .* holds \d+ networks"
+    with pytest.raises(ConfigError, match=message):
         prepare(_cfg(digits_cnn_table, "data.train_networks=10000"))
     with pytest.raises(ConfigError, match="data.train_networks"):
         _cfg(digits_cnn_table, "data.train_networks=0")
