@@ -45,6 +45,21 @@ class TrialLines(Callback):
         print(f"{self._name(trial)}: FAILED after {self._elapsed(trial)}: {error}", flush=True)
 
 
+def _learning_curve(cfg, summary: dict, out: Path, title: str, md: Path) -> list[Path]:
+    """Families that set `train.data.train_networks` also make a learning curve (eval/learning_curve.py):
+    its table is appended to summary.md, its plot is learning_curve.png."""
+    from eval import learning_curve
+
+    curves = learning_curve.curves(summary, learning_curve.sized_families(cfg.families))
+    if not curves:
+        return []
+    table = learning_curve.markdown(curves, summary["metric"])
+    md.write_text(md.read_text() + "\n## Learning curve\n\n" + table)
+    (out / "learning_curve.json").write_text(json.dumps(curves, indent=1, default=str))
+    return [out / "learning_curve.json",
+            learning_curve.plot(curves, summary["metric"], out / "learning_curve.png", title)]
+
+
 def write_report(cfg, records: list[dict], parent: dict | None, tracking_uri: str, out: Path,
                  seconds: float) -> dict:
     from cluster.benchmark import resolved_config
@@ -64,6 +79,7 @@ def write_report(cfg, records: list[dict], parent: dict | None, tracking_uri: st
     if summary["metric"] is not None:
         files.append(plot_conditions(summary, out / "metric_vs_scale.png", title))
         files.append(plot_paired(summary, out / "paired_differences.png", title))
+        files += _learning_curve(cfg, summary, out, title, md)
     failed = sum(r.get("status") != "ok" for r in records)
     if parent:
         from cluster.benchmark_mlflow import log_summary

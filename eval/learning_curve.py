@@ -1,0 +1,95 @@
+"""The learning curve: the test metric against the number of training networks.
+
+A benchmark whose families set `train.data.train_networks` (a fixed, nested subset of the training
+networks; validation and test splits unchanged) is a learning curve. Families are grouped into curves by
+the part of their label before `@` (label them `monomial_nfn@800`, `monomial_nfn@2400`, ...), or by their
+model when the label has no `@`. Each point is the benchmark's statistic over seeds for that family: mean
+and 95% Student-t interval (a single seed has no interval), with the seeds' values as dots.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from eval.benchmark_report import CLEAN, _num
+
+
+def sized_families(families) -> list[dict]:
+    """[{label, model, curve, train_networks}] for the families that set `train.data.train_networks`."""
+    out = []
+    for f in families:
+        n = ((f.train or {}).get("data") or {}).get("train_networks")
+        if n is not None:
+            out.append({"label": f.label, "model": f.model, "curve": f.label.split("@")[0] if "@" in f.label
+                        else f.model, "train_networks": int(n)})
+    return out
+
+
+def curves(summary: dict, sized: list[dict], condition: str = CLEAN) -> dict[str, list[dict]]:
+    """{curve: [point, ...] by increasing size}; a point: train_networks, label, n (seeds), mean, std, lo,
+    hi, values ({seed: metric}), epochs_run, wall_s (mean). Families without a completed trial are left out."""
+    out: dict[str, list[dict]] = {}
+    for f in sized:
+        stats = summary["stats"].get(f["label"], {}).get(condition)
+        if not stats or not stats.get("n"):
+            continue
+        info = summary["info"].get(f["label"], {})
+        out.setdefault(f["curve"], []).append({
+            "train_networks": f["train_networks"], "label": f["label"], **stats,
+            "values": summary["values"][f["label"]].get(condition, {}),
+            "epochs_run": info.get("epochs_run"), "wall_s": (info.get("wall_s") or {}).get("mean"),
+        })
+    for points in out.values():
+        points.sort(key=lambda p: p["train_networks"])
+    return out
+
+
+def markdown(curves_: dict[str, list[dict]], metric: str, condition: str = CLEAN) -> str:
+    sizes = sorted({p["train_networks"] for ps in curves_.values() for p in ps})
+    head = "| curve | " + " | ".join(f"{n:,} training networks" for n in sizes) + " |"
+    lines = [f"Test {metric.replace('_', ' ')} ({condition}) against the number of training networks: "
+             "mean [95% interval] over seeds (seeds in parentheses).", "", head,
+             "|---|" + "---|" * len(sizes)]
+    for name, points in curves_.items():
+        by_size = {p["train_networks"]: p for p in points}
+        cells = []
+        for n in sizes:
+            p = by_size.get(n)
+            if p is None:
+                cells.append("not run")
+            elif p["n"] > 1:
+                cells.append(f"{p['mean']:.3f} [{_num(p['lo'])}, {_num(p['hi'])}] ({p['n']})")
+            else:
+                cells.append(f"{p['mean']:.3f} (1)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves_: dict[str, list[dict]], metric: str, path: Path, title: str, condition: str = CLEAN) -> Path:
+    """One line per curve on a log x axis, error bars = the 95% interval, dots = single seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in curves_.items():
+        xs = [p["train_networks"] for p in points]
+        means = [p["mean"] for p in points]
+        err = [[p["mean"] - p["lo"] if math.isfinite(p["lo"]) else 0 for p in points],
+               [p["hi"] - p["mean"] if math.isfinite(p["hi"]) else 0 for p in points]]
+        line = ax.errorbar(xs, means, yerr=err, fmt="o-", capsize=3, lw=1.2, ms=5, label=name)
+        for p in points:
+            ax.scatter([p["train_networks"]] * len(p["values"]), list(p["values"].values()), s=10, alpha=0.5,
+                       color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("training networks (all their checkpoints); validation and test splits fixed")
+    ax.set_ylabel(f"test {metric.replace('_', ' ')} ({condition})")
+    ax.set_title(f"{title}\nmean and 95% interval over seeds; dots: single seeds", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

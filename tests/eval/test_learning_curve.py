@@ -1,0 +1,57 @@
+"""The learning curve of a benchmark whose families set `train.data.train_networks`, checked by hand."""
+
+import pytest
+
+from cluster.pipeline_config import Family
+from eval import learning_curve
+from eval.benchmark_report import summarize_benchmark
+from eval.stats import summarize
+
+
+def _record(family, model, seed, clean):
+    return {"family": family, "model": model, "seed": seed, "status": "ok", "wall_s": 5.0, "epochs_run": 3,
+            "result": {"metric": "kendall_tau", "n": 10, "num_params": 7, "invariance_exact": True,
+                       "clean": {"kendall_tau": clean}, "robustness": {}, "audit": {"max": 0.0}}}
+
+
+def test_points_group_by_label_sort_by_size_and_carry_the_seed_statistics(tmp_path):
+    families = [Family(label="statnet@300", model="statnet", train={"data": {"train_networks": 300}}),
+                Family(label="statnet@100", model="statnet", train={"data": {"train_networks": 100}}),
+                Family(label="hnp_small", model="hnp", train={"data": {"train_networks": 100}}),
+                Family(label="monomial_nfn", model="monomial_nfn")]  # no size: not on a curve
+    values = {"statnet@100": [0.50, 0.54, 0.52], "statnet@300": [0.60, 0.62, 0.64], "hnp_small": [0.4],
+              "monomial_nfn": [0.58, 0.59, 0.60]}
+    records = [_record(f.label, f.model, seed, v) for f in families for seed, v in enumerate(values[f.label])]
+    summary = summarize_benchmark(records, [{"label": f.label, "model": f.model} for f in families], [0, 1, 2])
+    sized = learning_curve.sized_families(families)
+    assert [(f["curve"], f["train_networks"]) for f in sized] == [("statnet", 300), ("statnet", 100), ("hnp", 100)]
+    curves = learning_curve.curves(summary, sized)
+    assert list(curves) == ["statnet", "hnp"]
+    assert [p["train_networks"] for p in curves["statnet"]] == [100, 300]
+    small, big = curves["statnet"]
+    by_hand = summarize([0.50, 0.54, 0.52])
+    assert small["mean"] == pytest.approx(0.52) and small["lo"] == pytest.approx(by_hand["lo"])
+    assert big["mean"] == pytest.approx(0.62) and big["values"] == {0: 0.60, 1: 0.62, 2: 0.64}
+    text = learning_curve.markdown(curves, "kendall_tau")
+    assert f"| statnet | 0.520 [{by_hand['lo']:.3f}, {by_hand['hi']:.3f}] (3) | 0.620 [" in text
+    assert "| hnp | 0.400 (1) | not run |" in text and "monomial_nfn" not in text
+    assert learning_curve.plot(curves, "kendall_tau", tmp_path / "c.png", "t").stat().st_size > 10_000
+
+
+def test_the_benchmark_report_adds_the_curve(tmp_path):
+    import yaml
+
+    from cluster.benchmark_config import BenchmarkConfig
+    from cluster.benchmark_output import write_report
+
+    raw = yaml.safe_load(open("configs/benchmark-tiny.yaml"))
+    raw["store"] = str(tmp_path / "store")
+    raw["families"] = [{"label": f"statnet@{n}", "model": "statnet", "train": {"data": {"train_networks": n}}}
+                       for n in (2, 4)]
+    cfg = BenchmarkConfig.model_validate(raw)
+    records = [_record(f"statnet@{n}", "statnet", seed, 0.1 * n + 0.01 * seed) for n in (2, 4) for seed in (0, 1)]
+    report = write_report(cfg, records, None, "sqlite:///unused.db", tmp_path / "report", 1.0)
+    names = sorted(p.rsplit("/", 1)[-1] for p in report["files"])
+    assert {"learning_curve.png", "learning_curve.json"} <= set(names)
+    text = (tmp_path / "report" / "summary.md").read_text()
+    assert "## Learning curve" in text and "| statnet | 0.205 [" in text
