@@ -150,7 +150,7 @@ def build_table(cfg: PipelineConfig, announce, progress: bool = True) -> str:
     if not cfg.zoo.uri:
         announce(f"generate {cfg.zoo.name}: {cfg.zoo.n} networks -> {zoo_uri}")
         result = generate(cfg.zoo.name, zoo_uri, n=cfg.zoo.n, seed=cfg.zoo.seed, copies=cfg.zoo.copies,
-                          progress=progress, summary=False)
+                          options=cfg.zoo.options or None, progress=progress, summary=False)
         print(result.summary())
     split_by = cfg.zoo.split_by or ZOO_DEFAULTS.get(cfg.zoo.name, {}).get("split_by")
     announce(f"ingest {zoo_uri} -> {table_uri} (split by {split_by or 'model_id'})")

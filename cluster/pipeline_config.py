@@ -26,6 +26,8 @@ class ZooStage(Strict):
     n: int = Field(300, ge=1, description="networks to generate")
     seed: int = 0
     copies: int | None = Field(None, description="digits-siren: fits per image")
+    options: dict[str, Any] = Field(default_factory=dict, description="the generator's options (digits-cnn: "
+                                    "activation; digits-siren: init, size, steps, augment, psnr_floor)")
     split_by: str | None = Field(None, description="hparams key to split by (default: per zoo)")
     split: str = Field("80/10/10", description="train/val/test fractions")
     activation: str | None = Field(None, description="train on the architecture with this activation")

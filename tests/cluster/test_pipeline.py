@@ -68,3 +68,26 @@ def test_pipeline_bad_input_fails_fast(tmp_path):
         _cfg(tmp_path, "families=[]")
     assert time.monotonic() - started < 30
     assert not (tmp_path / "store").exists()
+
+
+def test_zoo_options_reach_the_generator(tmp_path, monkeypatch):
+    """`zoo.options` (digits-cnn: activation) are the generator's options; a bad one is the generator's error."""
+    from cluster.pipeline import build_table
+    from zoo_ingest import generate as generate_module
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_generate(zoo, out, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(generate_module, "generate", fake_generate)
+    cfg = PipelineConfig.model_validate({"store": str(tmp_path),
+                                         "zoo": {"name": "digits-cnn", "n": 4, "options": {"activation": "relu"}},
+                                         "families": [{"label": "s", "model": "statnet"}]})
+    with pytest.raises(Stop):
+        build_table(cfg, lambda title: None, progress=False)
+    assert seen["options"] == {"activation": "relu"}
