@@ -23,8 +23,13 @@ from torch import nn
 
 from metanets import NetworkSpec, TransformerSpec, TransformerWeightSpace, WeightSpace, build_model
 
-FAMILIES = ["statnet", "np", "hnp", "monomial_nfn", "monomial_nfn_large", "monomial_nfn_quasi"]
-TRANSFORMER_FAMILIES = ["transformer_nfn", "transformer_nfn_quasi"]
+
+def registered(kind: str) -> list[str]:
+    """Every model of `kind` ("network" or "transformer") in the registry, the same list training offers."""
+    from metanets.registry import KIND_OF, load_builders
+
+    load_builders()
+    return sorted(name for name, k in KIND_OF.items() if k == kind)
 
 
 def small_cnn_state_dict(gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -119,13 +124,14 @@ def main() -> None:
         sds = [small_cnn_state_dict(gen) for _ in range(args.batch)]
         spec = NetworkSpec.from_state_dict(sds[0], activation="relu")
         ws = WeightSpace.from_state_dicts(sds, spec).to(device)
-        report("Small-CNN-Zoo", ws, _subset(FAMILIES, keep), "monomial_nfn", args)
+        report("Small-CNN-Zoo", ws, _subset(registered("network"), keep), "monomial_nfn", args)
     if args.only in (None, "transformer"):
         gen = torch.Generator().manual_seed(0)
         sds = [digits_transformer_state_dict(gen) for _ in range(args.batch)]
         spec = TransformerSpec.from_state_dict(sds[0], activation="relu", num_heads=2)
         ws = TransformerWeightSpace.from_state_dicts(sds, spec).to(device)
-        report("digits-transformer (2 layers)", ws, _subset(TRANSFORMER_FAMILIES, keep), "transformer_nfn", args)
+        report("digits-transformer (2 layers)", ws, _subset(registered("transformer"), keep), "transformer_nfn",
+               args)
 
 
 def _subset(families: list[str], keep: set[str] | None) -> list[str]:
@@ -138,7 +144,11 @@ def report(what: str, ws, families: list[str], baseline: str, args) -> None:
     models = {}
     for name in families:
         torch.manual_seed(0)
-        models[name] = build_model(name, ws.spec).to(ws.device)
+        try:
+            models[name] = build_model(name, ws.spec).to(ws.device)
+        except ValueError as exc:  # a model for another activation (e.g. the sine-only ones)
+            print(f"skipped {name}: {exc}")
+    families = [name for name in families if name in models]
     compiled, compile_s = compile_models(models, ws, args.compile_backend) if args.compile else ({}, {})
     times = time_models(models | {f"{name} (compiled)": m for name, m in compiled.items()}, ws, args.repeats)
     ref = times.get(baseline)
