@@ -21,17 +21,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the results to the model's run")
 
+    from cluster.console import add_console_arguments
+
+    add_console_arguments(parser)
 
 def run(args: argparse.Namespace) -> int:
+    from cluster.console import console, log_dir_for
     from eval.api import evaluate_model
     from training.config import resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
-    result, json_path, text = evaluate_model(
-        args.model, args.table, split=args.split, steps=args.steps, exponents=tuple(args.scales),
-        audit_samples=args.audit_samples, audit_networks=args.audit_networks, batch_size=args.batch_size,
-        seed=args.seed, json_path=args.json, tracking_uri=tracking_uri, log_mlflow=not args.no_mlflow,
-    )
+    with console("eval", log_dir_for(None), verbose=args.verbose):
+        result, json_path, text = evaluate_model(
+            args.model, args.table, split=args.split, steps=args.steps, exponents=tuple(args.scales),
+            audit_samples=args.audit_samples, audit_networks=args.audit_networks, batch_size=args.batch_size,
+            seed=args.seed, json_path=args.json, tracking_uri=tracking_uri, log_mlflow=not args.no_mlflow,
+        )
     print(text)
     print(f"results written to {json_path}")
     return 0

@@ -63,10 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray")
     g.add_argument("--no-ray", action="store_true", help="run in this process (debugging, tiny zoos)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from cluster.console import add_console_arguments
+
+    add_console_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo_ingest import IngestError, SourceError, StorageError, ingest
+    from zoo_ingest import IngestError, SourceError, StorageError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     storage = {k: v for k, v in dict(endpoint_url=args.endpoint_url, region=args.region).items() if v}
@@ -81,36 +84,45 @@ def run(args: argparse.Namespace) -> int:
         ).items()
         if v
     }
+    from cluster.console import console, log_dir_for
+
     try:
-        summary = ingest(
-            args.source,
-            args.out,
-            args.format,
-            zoo=args.zoo,
-            split=args.split,
-            split_file=args.split_file,
-            split_seed=args.split_seed,
-            split_by=args.split_by,
-            allow_pickle=args.allow_pickle,
-            activation=args.activation,
-            metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
-            source_options=source_options,
-            tensor_type=args.tensor_type,
-            compression=args.compression,
-            shard_mb=args.shard_mb,
-            row_group_mb=args.row_group_mb,
-            compact_mb=args.compact_mb,
-            chunk_rows=args.chunk_rows,
-            shapes=args.shapes,
-            overwrite=args.overwrite,
-            storage_options=storage,
-            use_ray=not args.no_ray,
-            ray_address=args.ray_address,
-            num_cpus=args.num_cpus,
-            progress=not args.no_progress,
-        )
+        with console("ingest", log_dir_for(None), verbose=args.verbose):
+            summary = _ingest(args, storage, source_options)
     except (SourceError, StorageError, IngestError, ValueError, ConnectionError) as exc:  # ConnectionError: Ray
         print(f"metazoo ingest: {exc}", file=sys.stderr)
         return 2
     print(summary.format())
     return 0
+
+
+def _ingest(args: argparse.Namespace, storage: dict, source_options: dict):
+    from zoo_ingest import ingest
+
+    return ingest(
+        args.source,
+        args.out,
+        args.format,
+        zoo=args.zoo,
+        split=args.split,
+        split_file=args.split_file,
+        split_seed=args.split_seed,
+        split_by=args.split_by,
+        allow_pickle=args.allow_pickle,
+        activation=args.activation,
+        metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
+        source_options=source_options,
+        tensor_type=args.tensor_type,
+        compression=args.compression,
+        shard_mb=args.shard_mb,
+        row_group_mb=args.row_group_mb,
+        compact_mb=args.compact_mb,
+        chunk_rows=args.chunk_rows,
+        shapes=args.shapes,
+        overwrite=args.overwrite,
+        storage_options=storage,
+        use_ray=not args.no_ray,
+        ray_address=args.ray_address,
+        num_cpus=args.num_cpus,
+        progress=not args.no_progress,
+    )

@@ -15,16 +15,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--json", default=None, help="also write the scores as JSON here")
 
+    from cluster.console import add_console_arguments
+
+    add_console_arguments(parser)
 
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
+    from cluster.console import console, log_dir_for
     from eval.loading import load_model
     from eval.score import score
 
-    model, card, _ = load_model(args.model, args.tracking_uri)
-    scores = score(args.checkpoints, model, card, format=args.format, allow_pickle=args.allow_pickle)
+    with console("score", log_dir_for(None), verbose=args.verbose):
+        model, card, _ = load_model(args.model, args.tracking_uri)
+        scores = score(args.checkpoints, model, card, format=args.format, allow_pickle=args.allow_pickle)
     what = "predicted " + (card.get("target", "value") if card.get("task") == "generalization" else "class")
     width = max(len(s.source) for s in scores) if scores else 10
     print(f"{'checkpoint':<{width}}  {what}")

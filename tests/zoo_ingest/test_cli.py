@@ -33,8 +33,12 @@ def test_metazoo_ingest_writes_a_table_and_prints_a_summary(tmp_path, zoo_writer
         ]
     )
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "inputs 6 = rows 6 + rejects 0" in printed and "ckpt/s" in printed
+    # the console: Ray's own output goes to the printed log file, not to the person
+    assert "logs of Ray, DeepSpeed and MLflow:" in printed + captured.err
+    assert "WARNING" not in printed + captured.err
     table = open_table(str(out))
     assert table.zoo == "mnist-inrs" and table.card["settings"]["split"]["fractions"] == [0.5, 0.25, 0.25]
 
