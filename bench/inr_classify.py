@@ -14,6 +14,7 @@ over seeds per family.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import numpy as np
@@ -26,9 +27,9 @@ from metanets.weight_space import WeightSpace
 
 
 def train_one(family: str, train: WeightSpace, y: np.ndarray, seed: int, epochs: int, batch: int, lr: float,
-              phase: bool, omega_0: float) -> torch.nn.Module:
+              phase: bool, omega_0: float, kwargs: dict | None = None) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = build_model(family, train.spec, out_dim=10)
+    model = build_model(family, train.spec, out_dim=10, **(kwargs or {}))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * math.ceil(train.batch_size / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--phase", action="store_true", help="also augment with random pi phase shifts")
     parser.add_argument("--omega-0", type=float, default=sine.DIGITS_SIREN_OMEGA_0)
     parser.add_argument("--max-train", type=int, default=None)
+    parser.add_argument("--kwargs", default="{}", help='builder kwargs as JSON, e.g. \'{"standardize": true}\'')
     args = parser.parse_args(argv)
     from zoo_ingest import open_table
 
@@ -71,12 +73,12 @@ def main(argv=None) -> int:
     card = {"task": "inr_classification", "loss": "ce", "omega_0": args.omega_0}
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{args.table}: {train.batch_size} train, {test.batch_size} test INRs; epochs {args.epochs}, "
-          f"batch {args.batch}, lr {args.lr}, phase augmentation {args.phase}; seeds {seeds}")
+          f"batch {args.batch}, lr {args.lr}, phase augmentation {args.phase}; kwargs {args.kwargs}; seeds {seeds}")
     for family in args.families.split(","):
         scores: dict[str, list[float]] = {}
         for seed in seeds:
             model = train_one(family, train, y_train, seed, args.epochs, args.batch, args.lr, args.phase,
-                              args.omega_0)
+                              args.omega_0, json.loads(args.kwargs))
             card["model"] = family
 
             def batches():
