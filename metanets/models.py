@@ -22,7 +22,7 @@ from metanets.layers.siren_quasi import SirenAlpha, SirenQuasiLayer, require_sig
 from metanets.layers.stats import num_stat_features, weight_stats
 from metanets.metanetwork import Metanetwork
 from metanets.registry import BUILDERS, build_model, model_names, register
-from metanets.sine import phase_canonical_builder
+from metanets.sine import DIGITS_SIREN_OMEGA_0, SineInvariantPool, num_sine_invariant_stats, phase_canonical_builder
 from metanets.spec import PERM, PERM_SCALE, PERM_SIGN
 from metanets.weight_space import WeightSpace
 
@@ -179,6 +179,18 @@ def _monomial_siren_quasi(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=
     return Metanetwork("monomial_nfn_siren_quasi", spec, nn.Sequential(*mods[:-1]), pool,
                        _head(pool.out_dim, head_hidden, out_dim, standardize=standardize), spec.group, False,
                        quasi=SirenQuasiLayer(mods[-1], alpha))
+
+
+@register("statnet_sine")
+def _statnet_sine(spec, out_dim=1, hidden=64, depth=2, standardize=True, omega_0=DIGITS_SIREN_OMEGA_0):
+    """STATNet over per-unit quantities that the whole discrete sine group leaves unchanged
+    (`metanets.sine.sine_invariant_stats`): exactly invariant to permutations x signs x pi phase shifts.
+    Standardised by default: on a shared-init zoo these features vary by a tiny fraction of their size."""
+    if spec.activation != "sine":
+        raise ValueError(f"statnet_sine reads sine networks, got {spec.activation!r} ones")
+    head = _head(num_sine_invariant_stats(spec), hidden, out_dim, depth, standardize)
+    return Metanetwork("statnet_sine", spec, nn.Sequential(), SineInvariantPool(omega_0), head, "perm_sign_phase",
+                       True)
 
 
 register("statnet")(_statnet)

@@ -21,7 +21,7 @@ SMALL = {"hidden": 4, "head_hidden": 16}
 STANDARDIZED = {"statnet": {}, "statnet_canon": {}, "np": SMALL, "hnp": SMALL, "np_canon": SMALL,
                 "hnp_canon": SMALL, "monomial_nfn": SMALL}
 PHASE_MODELS = {"statnet_canon_phase": "statnet_canon", "np_canon_phase": "np_canon",
-                "hnp_canon_phase": "hnp_canon"}
+                "hnp_canon_phase": "hnp_canon", "statnet_sine": None}
 
 
 def _ws(net, seed=0, n=B):
@@ -80,17 +80,32 @@ def test_phase_lifted_canonical_models_are_invariant_to_the_whole_sine_group(nam
     torch.manual_seed(0)
     lifted = _warm(build_model(name, spec, out_dim=3, standardize=True, **kwargs).double(), spec)
     assert lifted.invariant_to == "perm_sign_phase" and lifted.invariance_exact
-    torch.manual_seed(0)
-    plain = build_model(PHASE_MODELS[name], spec, out_dim=3, **kwargs).double().eval()
-    assert plain.invariant_to == "perm_sign"  # signs (canonicalize) but not pi phase shifts
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        base, plain_base = lifted(ws), plain(ws)
+        base = lifted(ws)
         for _ in range(3):
             moved = random_orbit_member(ws, DIGITS_SIREN_OMEGA_0, gen, max_shift=2)
             torch.testing.assert_close(lifted(moved), base, rtol=0, atol=TOL * max(1.0, float(base.abs().max())))
-        assert (plain(moved) - plain_base).abs().max() > 1e-6, "the plain canonical model is blind to phase"
+        # a wrong action (a bias shift that is not a multiple of pi / omega_0) is seen: not a constant model
+        wrong = WeightSpace(ws.spec, ws.weights, (ws.biases[0] + 0.3 / DIGITS_SIREN_OMEGA_0, *ws.biases[1:]))
+        assert (lifted(wrong) - base).abs().max() > 1e-6
+    if PHASE_MODELS[name] is None:
+        return
+    torch.manual_seed(0)
+    plain = build_model(PHASE_MODELS[name], spec, out_dim=3, **kwargs).double().eval()
+    assert plain.invariant_to == "perm_sign"  # signs (canonicalize) but not pi phase shifts
+    with torch.no_grad():
+        assert (plain(moved) - plain(ws)).abs().max() > 1e-6, "the plain canonical model is blind to phase"
     assert_invariant(plain, ws, _elements(spec, "perm_sign"))
+
+
+def test_statnet_sine_reads_sine_networks_only():
+    spec, _ = _ws("mlp-tanh")
+    with pytest.raises(ValueError, match="sine"):
+        build_model("statnet_sine", spec)
+    spec, ws = _ws("siren")
+    pool = build_model("statnet_sine", spec).pool
+    assert pool(ws).shape == (B, 78)
 
 
 def _batches(ws):

@@ -33,7 +33,7 @@ def test_model_exports_with_a_dynamic_batch(label):
 SINE_FAMILIES = {
     "statnet_canon_phase": {"standardize": True}, "hnp_canon_phase": {"hidden": 2, "standardize": True},
     "monomial_nfn_phase": {"hidden": 4, "standardize": True}, "monomial_nfn_siren_quasi": {"hidden": 4},
-    "statnet": {"standardize": True},
+    "statnet": {"standardize": True}, "statnet_sine": {},
 }
 
 
