@@ -2,18 +2,21 @@
 
 A quick way to compare metanetwork families on a digits-siren table when a Ray/DeepSpeed run
 (`metazoo train`) is not wanted: the same models (`metanets.build_model`), the same training augmentation
-(random permutations and signs, and with `--phase` random pi phase shifts), plain Adam with a cosine
+(random permutations and signs, with `--phase` random pi phase shifts, and DWSNets' INR
+augmentations `--translate`, `--rotate`, `--scale`, `--weight-dropout`: `training.augment`), plain Adam with a cosine
 schedule on this process's CPU, then `eval.evaluate.evaluate` (conditions: no action, permuted, signs,
 orbit = permutations x signs x pi phase shifts). Prints test accuracy per condition, and mean and spread
 over seeds per family.
 
     python bench/inr_classify.py TABLE [--families monomial_nfn_phase,monomial_nfn] [--seeds 0,1,2]
                                  [--epochs 10] [--batch 32] [--lr 1e-3] [--phase]
+                                 [--kwargs '{"standardize": true}'] [--translate 0.05] [--weight-dropout 0.05]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import numpy as np
@@ -21,27 +24,27 @@ import torch
 
 from eval.evaluate import evaluate
 from eval.probes import load_split
-from metanets import build_model, sine, symmetry
+from eval.stats import summarize
+from metanets import build_model, sine
 from metanets.weight_space import WeightSpace
+from training.augment import augment
+from training.config import AugmentConfig
 
 
 def train_one(family: str, train: WeightSpace, y: np.ndarray, seed: int, epochs: int, batch: int, lr: float,
-              phase: bool, omega_0: float) -> torch.nn.Module:
+              phase: bool, omega_0: float, kwargs: dict | None = None, aug: dict | None = None) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = build_model(family, train.spec, out_dim=10)
+    model = build_model(family, train.spec, out_dim=10, **(kwargs or {}))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * math.ceil(train.batch_size / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     gen = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(y)
+    cfg = AugmentConfig(enabled=True, permute=True, signs=True, phase=phase, omega_0=omega_0, **(aug or {}))
     for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(train.batch_size, generator=gen).split(batch):
-            ws = train[idx]
-            g = symmetry.sample(ws.spec, ws.batch_size, scale=None, generator=gen, dtype=ws.dtype)
-            ws = symmetry.act(g, ws)
-            if phase:
-                ws = sine.act_phase(sine.sample_phase(ws.spec, ws.batch_size, 1, gen), ws, omega_0)
+            ws = augment(train[idx], cfg, gen)  # the train loop's augmentation (training.augment)
             loss = torch.nn.functional.cross_entropy(model(ws.float()), labels[idx])
             opt.zero_grad()
             loss.backward()
@@ -49,6 +52,14 @@ def train_one(family: str, train: WeightSpace, y: np.ndarray, seed: int, epochs:
             sched.step()
         print(f"    {family} seed {seed}: epoch {epoch + 1}/{epochs} loss {loss.item():.3f}", flush=True)
     return model.eval()
+
+
+def _summary(condition: str, values: list[float]) -> str:
+    """'orbit 0.768 (std 0.007, 95% t [0.759, 0.777])'; the std (ddof 1) and interval need two seeds."""
+    s = summarize(values)
+    if len(values) < 2:
+        return f"{condition} {s['mean']:.3f}"
+    return f"{condition} {s['mean']:.3f} (std {s['std']:.3f}, 95% t [{s['lo']:.3f}, {s['hi']:.3f}])"
 
 
 def main(argv=None) -> int:
@@ -62,6 +73,11 @@ def main(argv=None) -> int:
     parser.add_argument("--phase", action="store_true", help="also augment with random pi phase shifts")
     parser.add_argument("--omega-0", type=float, default=sine.DIGITS_SIREN_OMEGA_0)
     parser.add_argument("--max-train", type=int, default=None)
+    parser.add_argument("--translate", type=float, default=0.0, help="augment.inr_translate (DWSNets)")
+    parser.add_argument("--rotate", type=float, default=0.0, help="augment.inr_rotate_degrees")
+    parser.add_argument("--scale", type=float, default=0.0, help="augment.inr_scale")
+    parser.add_argument("--weight-dropout", type=float, default=0.0, help="augment.weight_dropout")
+    parser.add_argument("--kwargs", default="{}", help='builder kwargs as JSON, e.g. \'{"standardize": true}\'')
     args = parser.parse_args(argv)
     from zoo_ingest import open_table
 
@@ -70,13 +86,15 @@ def main(argv=None) -> int:
     test, y_test = load_split(table, "test")
     card = {"task": "inr_classification", "loss": "ce", "omega_0": args.omega_0}
     seeds = [int(s) for s in args.seeds.split(",")]
+    aug = {"inr_translate": args.translate, "inr_rotate_degrees": args.rotate, "inr_scale": args.scale,
+           "weight_dropout": args.weight_dropout}
     print(f"{args.table}: {train.batch_size} train, {test.batch_size} test INRs; epochs {args.epochs}, "
-          f"batch {args.batch}, lr {args.lr}, phase augmentation {args.phase}; seeds {seeds}")
+          f"batch {args.batch}, lr {args.lr}, phase augmentation {args.phase}; kwargs {args.kwargs}; INR augmentations {aug}; seeds {seeds}")
     for family in args.families.split(","):
         scores: dict[str, list[float]] = {}
         for seed in seeds:
             model = train_one(family, train, y_train, seed, args.epochs, args.batch, args.lr, args.phase,
-                              args.omega_0)
+                              args.omega_0, json.loads(args.kwargs), aug)
             card["model"] = family
 
             def batches():
@@ -89,8 +107,7 @@ def main(argv=None) -> int:
             print(f"  {family} seed {seed}: " + "  ".join(f"{c} {v:.3f}" for c, v in row.items()), flush=True)
             for c, v in row.items():
                 scores.setdefault(c, []).append(v)
-        print(f"{family}: " + "  ".join(f"{c} {np.mean(v):.3f} +- {np.std(v):.3f}" for c, v in scores.items()),
-              flush=True)
+        print(f"{family} over seeds {seeds}: " + "  ".join(_summary(c, v) for c, v in scores.items()), flush=True)
     return 0
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from metanets import WeightSpace
-from metanets.layers.stats import tensor_stats, weight_stats
-from metanets.sine import DIGITS_SIREN_OMEGA_0, random_orbit_member
+from metanets.layers.stats import weight_stats
+from metanets.sine import DIGITS_SIREN_OMEGA_0, random_orbit_member, sine_invariant_stats
 
 PROBES = ("flat weights, LR", "weight statistics, GBT", "sine-invariant features, GBT", "rendered pixels, LR")
 CONDITIONS = ("no action", "orbit")
@@ -53,28 +53,9 @@ def flat(ws: WeightSpace) -> np.ndarray:
 
 
 def invariant_features(ws: WeightSpace, omega_0: float) -> np.ndarray:
-    """Per-network features invariant to permutations, signs and pi phase shifts of a sine MLP `(N, F)`.
-
-    Hidden unit j with incoming row w, bias b: sign flips send (w, b) -> (-w, -b) and pi phase shifts send
-    b -> b + pi / omega_0, while both only flip the signs of outgoing columns. So w w^T, cos(2 omega_0 b),
-    w sin(2 omega_0 b) and |W_next| are invariant per unit, then pooled over units by their statistics
-    (permutation invariant); the output bias is fixed by the whole group.
-    """
-    feats = []
-    L = ws.spec.num_layers
-    for i in range(L - 1):
-        w, b = ws.weights[i][:, 0].flatten(2), ws.biases[i][:, 0]  # (N, n, m), (N, n)
-        unit = [torch.cos(2 * omega_0 * b)]
-        if i == 0:  # the input coordinates are fixed, so the incoming row is a vector of known axes
-            unit += [w[..., a] * w[..., c] for a in range(w.shape[-1]) for c in range(a, w.shape[-1])]
-            unit += [w[..., a] * torch.sin(2 * omega_0 * b) for a in range(w.shape[-1])]
-        else:  # rows are mixed by the previous layer's permutation and sign flips: keep their norms
-            unit += [w.norm(dim=-1), w.abs().amax(dim=-1)]
-        feats += [tensor_stats(u) for u in unit]
-        nxt = ws.weights[i + 1][:, 0].flatten(1).abs()
-        feats.append(tensor_stats(nxt))
-    feats.append(ws.biases[L - 1][:, 0])
-    return torch.cat(feats, dim=1).numpy()
+    """Per-network features invariant to permutations, signs and pi phase shifts of a sine MLP `(N, F)`
+    (`metanets.sine.sine_invariant_stats`, the input of the `statnet_sine` model)."""
+    return sine_invariant_stats(ws, omega_0).numpy()
 
 
 def render(ws: WeightSpace, omega_0: float, size: int = 8) -> np.ndarray:

@@ -18,10 +18,11 @@ from metanets.layers.monomial import MonomialInvariantPool, MonomialLinear
 from metanets.layers.np_layers import NPLinear, np_pool, np_pool_width
 from metanets.layers.quasi import QuasiScale
 from metanets.layers.quasi_feature import FeatureAlpha, FeatureQuasiLayer
+from metanets.layers.siren_quasi import SirenAlpha, SirenQuasiLayer, require_sign_group
 from metanets.layers.stats import num_stat_features, weight_stats
 from metanets.metanetwork import Metanetwork
 from metanets.registry import BUILDERS, build_model, model_names, register
-from metanets.sine import phase_canonical_builder
+from metanets.sine import DIGITS_SIREN_OMEGA_0, SineInvariantPool, num_sine_invariant_stats, phase_canonical_builder
 from metanets.spec import PERM, PERM_SCALE, PERM_SIGN
 from metanets.weight_space import WeightSpace
 
@@ -58,8 +59,40 @@ def _canon_prefix(canonical: bool) -> list[nn.Module]:
     return [Canonicalize()] if canonical else []
 
 
-def _statnet(spec, out_dim=1, hidden=64, depth=2, canonical=False):
-    head = mlp(num_stat_features(spec.num_layers), hidden, out_dim, depth)
+STANDARDIZE_EPS = 1e-10  # BatchNorm's default 1e-5 would swamp features whose zoo-wide variance is ~1e-6
+
+
+def _head(d_in: int, hidden: int, out_dim: int, depth: int = 2, standardize: bool = False) -> nn.Module:
+    """The MLP head; with `standardize`, first a BatchNorm without affine over the d_in pooled features.
+
+    The pooled features are invariant to the model's group, so standardising them (by batch statistics in
+    training, by the running means and variances of the training split in eval mode) is a fixed function of
+    invariants at evaluation: the model keeps exactly the invariance it claims. It matters on zoos whose
+    networks all sit near one point (the shared-init INR zoo: statistics vary by std <= 0.009 against means up
+    to 0.7), where the head would otherwise see the signal far below the scale of its inputs.
+    """
+    head = mlp(d_in, hidden, out_dim, depth)
+    if not standardize:
+        return head
+    return nn.Sequential(Standardize(d_in), *head)
+
+
+class Standardize(nn.BatchNorm1d):
+    """BatchNorm1d without affine (eps `STANDARDIZE_EPS`) over (B, D) features. A training batch of one
+    network, which has no batch variance, is standardised by the running statistics instead of failing."""
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, eps=STANDARDIZE_EPS, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, None, None, False, 0.0,
+                                            self.eps)
+        return super().forward(x)
+
+
+def _statnet(spec, out_dim=1, hidden=64, depth=2, canonical=False, standardize=False):
+    head = _head(num_stat_features(spec.num_layers), hidden, out_dim, depth, standardize)
     body = nn.Sequential(*_canon_prefix(canonical))
     # the statistics are permutation invariant; on the canonical form that makes them invariant to the group
     group = spec.group if canonical else PERM
@@ -69,10 +102,10 @@ def _statnet(spec, out_dim=1, hidden=64, depth=2, canonical=False):
 def _np_family(hnp: bool, canonical: bool = False):
     name = ("hnp" if hnp else "np") + ("_canon" if canonical else "")
 
-    def build(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128):
+    def build(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128, standardize=False):
         layers = _stack(lambda a, b: NPLinear(spec, a, b, hnp=hnp), "relu", hidden, num_layers)
         body = nn.Sequential(*_canon_prefix(canonical), *layers)
-        head = mlp(np_pool_width(spec, hidden, hnp), head_hidden, out_dim)
+        head = _head(np_pool_width(spec, hidden, hnp), head_hidden, out_dim, standardize=standardize)
         return Metanetwork(name, spec, body, _NPPool(hnp), head, spec.group if canonical else PERM, True)
 
     build.__name__ = name
@@ -88,11 +121,11 @@ def _monomial_layers(spec, hidden, num_layers) -> tuple[list[nn.Module], str]:
 
 
 @register("monomial_nfn")
-def _monomial(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128, name="monomial_nfn"):
+def _monomial(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128, name="monomial_nfn", standardize=False):
     mods, _ = _monomial_layers(spec, hidden, num_layers)
     pool = MonomialInvariantPool(spec, hidden)
-    return Metanetwork(name, spec, nn.Sequential(*mods), pool, mlp(pool.out_dim, head_hidden, out_dim), spec.group,
-                       True)
+    return Metanetwork(name, spec, nn.Sequential(*mods), pool,
+                       _head(pool.out_dim, head_hidden, out_dim, standardize=standardize), spec.group, True)
 
 
 @register("monomial_nfn_large")
@@ -132,6 +165,34 @@ def _monomial_quasi(
     return model
 
 
+@register("monomial_nfn_siren_quasi")
+def _monomial_siren_quasi(spec, out_dim=1, hidden=16, num_layers=3, head_hidden=128, s=0.1, alpha_hidden=32,
+                          standardize=False):
+    """APPROXIMATE: the authors' SIREN quasi variant as published (metanets.layers.siren_quasi): monomial_nfn on
+    the sign group whose last layer's output is rescaled per channel by alpha = 1 + s sin(.), s learnable and
+    unclamped, alpha not permuted with the neurons. Claims perm_sign, not exactly: the audit measures it.
+    With s = 0 it is monomial_nfn (exactly invariant to perm_sign)."""
+    require_sign_group(spec)
+    mods, _ = _monomial_layers(spec, hidden, num_layers)
+    pool = MonomialInvariantPool(spec, hidden)
+    alpha = SirenAlpha(spec, 1 if num_layers == 1 else hidden, hidden, s, alpha_hidden)
+    return Metanetwork("monomial_nfn_siren_quasi", spec, nn.Sequential(*mods[:-1]), pool,
+                       _head(pool.out_dim, head_hidden, out_dim, standardize=standardize), spec.group, False,
+                       quasi=SirenQuasiLayer(mods[-1], alpha))
+
+
+@register("statnet_sine")
+def _statnet_sine(spec, out_dim=1, hidden=64, depth=2, standardize=True, omega_0=DIGITS_SIREN_OMEGA_0):
+    """STATNet over per-unit quantities that the whole discrete sine group leaves unchanged
+    (`metanets.sine.sine_invariant_stats`): exactly invariant to permutations x signs x pi phase shifts.
+    Standardised by default: on a shared-init zoo these features vary by a tiny fraction of their size."""
+    if spec.activation != "sine":
+        raise ValueError(f"statnet_sine reads sine networks, got {spec.activation!r} ones")
+    head = _head(num_sine_invariant_stats(spec), hidden, out_dim, depth, standardize)
+    return Metanetwork("statnet_sine", spec, nn.Sequential(), SineInvariantPool(omega_0), head, "perm_sign_phase",
+                       True)
+
+
 register("statnet")(_statnet)
 register("np")(_np_family(hnp=False))
 register("hnp")(_np_family(hnp=True))
@@ -141,3 +202,9 @@ register("np_canon")(_np_family(hnp=False, canonical=True))
 register("hnp_canon")(_np_family(hnp=True, canonical=True))
 # sine networks: monomial_nfn made invariant to pi phase shifts as well (metanets.sine)
 register("monomial_nfn_phase")(phase_canonical_builder(_monomial))
+# sine networks: the canonicalised models cover signs (canonicalize) but not pi phase shifts; these lift them
+# to the whole discrete group: phase canonical form first, then the sign canonical form (the two commute)
+register("statnet_canon_phase")(phase_canonical_builder(lambda spec, **kwargs: _statnet(spec, canonical=True,
+                                                                                          **kwargs)))
+register("np_canon_phase")(phase_canonical_builder(_np_family(hnp=False, canonical=True)))
+register("hnp_canon_phase")(phase_canonical_builder(_np_family(hnp=True, canonical=True)))

@@ -137,6 +137,53 @@ class PhaseCanonical(torch.nn.Module):
         return self.model(canonicalize_phase(ws, self.omega_0))
 
 
+def sine_invariant_stats(ws: WeightSpace, omega_0: float) -> torch.Tensor:
+    """Per-network features of channel 0 invariant to permutations, signs and pi phase shifts of a sine MLP `(B, F)`.
+
+    Hidden unit j with incoming row w, bias b: sign flips send (w, b) -> (-w, -b) and pi phase shifts send
+    b -> b + pi / omega_0, while both only flip the signs of outgoing columns. So cos(2 omega_0 b) and |W_next|
+    are invariant per unit; in the first layer, whose input axes are fixed, so are w w^T and w sin(2 omega_0 b)
+    (both factors flip together); in later layers, whose rows are mixed by the previous layer's permutations
+    and signs, the row's norm and largest |entry|. Each per-unit quantity is pooled over units by its 7
+    statistics (`tensor_stats`: permutation invariant); the output bias is fixed by the whole group. Unlike the
+    canonical forms (`canonicalize_phase`), these are continuous in the weights: a bias crossing the edge of
+    the canonical interval does not jump.
+    """
+    from metanets.layers.stats import tensor_stats
+
+    feats = []
+    L = ws.spec.num_layers
+    for i in range(L - 1):
+        w, b = ws.weights[i][:, 0].flatten(2), ws.biases[i][:, 0]  # (B, n, m), (B, n)
+        unit = [torch.cos(2 * omega_0 * b)]
+        if i == 0:
+            unit += [w[..., a] * w[..., c] for a in range(w.shape[-1]) for c in range(a, w.shape[-1])]
+            unit += [w[..., a] * torch.sin(2 * omega_0 * b) for a in range(w.shape[-1])]
+        else:
+            unit += [w.norm(dim=-1), w.abs().amax(dim=-1)]
+        feats += [tensor_stats(u) for u in unit]
+        feats.append(tensor_stats(ws.weights[i + 1][:, 0].flatten(1).abs()))
+    feats.append(ws.biases[L - 1][:, 0].flatten(1))
+    return torch.cat(feats, dim=1)
+
+
+def num_sine_invariant_stats(spec: NetworkSpec) -> int:
+    n_in = spec.layers[0].n_in * spec.layers[0].kernel_size
+    first = 1 + n_in * (n_in + 1) // 2 + n_in + 1
+    return 7 * (first + 4 * (spec.num_layers - 2)) + spec.layers[-1].n_out
+
+
+class SineInvariantPool(torch.nn.Module):
+    """The pool of `statnet_sine`: `sine_invariant_stats` (no parameters)."""
+
+    def __init__(self, omega_0: float = DIGITS_SIREN_OMEGA_0):
+        super().__init__()
+        self.omega_0 = float(omega_0)
+
+    def forward(self, ws: WeightSpace) -> torch.Tensor:
+        return sine_invariant_stats(ws, self.omega_0)
+
+
 def phase_canonical_builder(build):
     """A model builder `build(spec, **kwargs)` made invariant to pi phase shifts (kwarg `omega_0`)."""
 

@@ -74,6 +74,16 @@ class AugmentConfig(Strict):
     permute: bool = True
     scale_log10_max: float = Field(0.0, ge=0, description="positive scales U[1, 10^k] for ReLU zoos")
     signs: bool = Field(True, description="random sign flips for tanh and sine zoos")
+    phase: bool = Field(False, description="random pi phase shifts (k in {-1, 0, 1}) for sine zoos")
+    omega_0: float = Field(30.0, gt=0, description="the sine zoo's frequency, for phase shifts")
+    # INR augmentations after DWSNets; they change the function (not group actions) but keep a digit's label.
+    # They act on the first layer, i.e. on the input coordinates x of an MLP INR: f'(x) = f(s R x + t)
+    inr_translate: float = Field(0.0, ge=0, description="shift t ~ U[-k, k] per input coordinate: b_1 += W_1 t")
+    inr_rotate_degrees: float = Field(0.0, ge=0, le=180, description="rotation R of 2-d inputs by U[-k, k] "
+                                                                     "degrees: W_1 -> W_1 R")
+    inr_scale: float = Field(0.0, ge=0, lt=1, description="input scaling s ~ U[1 - k, 1 + k]: W_1 -> s W_1")
+    weight_dropout: float = Field(0.0, ge=0, lt=1, description="zero each weight entry (biases kept) with this "
+                                                               "probability, without rescaling")
 
 
 class DeepSpeedConfig(Strict):

@@ -65,7 +65,9 @@ def test_model_is_invariant_to_the_group_it_claims(variant, net):
 
 def test_every_model_name_is_covered():
     transformer_models = {"transformer_nfn", "transformer_nfn_quasi"}  # tests/metanets/test_transformer_models.py
-    sine_models = {"monomial_nfn_phase"}  # sine networks only: tests/metanets/test_sine.py
+    # sine networks only (tests/metanets/test_sine.py, tests/metanets/test_inr_models.py)
+    sine_models = {"monomial_nfn_phase", "statnet_canon_phase", "np_canon_phase", "hnp_canon_phase",
+                   "monomial_nfn_siren_quasi", "statnet_sine"}
     assert set(model_names()) == set(FAMILIES) | transformer_models | sine_models
 
 
