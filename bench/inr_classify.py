@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     aug = {"inr_translate": args.translate, "inr_rotate_degrees": args.rotate, "inr_scale": args.scale,
            "weight_dropout": args.weight_dropout}
     print(f"{args.table}: {train.batch_size} train, {test.batch_size} test INRs; epochs {args.epochs}, "
-          f"batch {args.batch}, lr {args.lr}, phase augmentation {args.phase}; kwargs {args.kwargs}; INR augmentations {aug}; seeds {seeds}")
+          f"batch {args.batch}, lr {args.lr}, phase augmentation {args.phase}; kwargs {args.kwargs}; "
+          f"INR augmentations {aug}; seeds {seeds}")
     for family in args.families.split(","):
         scores: dict[str, list[float]] = {}
         for seed in seeds:
