@@ -39,6 +39,13 @@ def parent_run(cfg, first_trial_cfg, zoo: str, tracking_uri: str, folder) -> dic
     return {"run_id": run.info.run_id, "experiment": experiment}
 
 
+def metric_key(label: str) -> str:
+    """A family label as MLflow accepts it in a metric name (`statnet@800` -> `statnet_800`)."""
+    import re
+
+    return re.sub(r"[^\w\-. :/]", "_", label)
+
+
 def log_summary(tracking_uri: str, run_id: str, summary: dict, files: list, failed: int) -> None:
     """Summary metrics (mean per family, no action), the report files, and the run's end state."""
     import math
@@ -53,7 +60,7 @@ def log_summary(tracking_uri: str, run_id: str, summary: dict, files: list, fail
         for key in ("mean", "std", "lo", "hi"):
             v = st["no action"][key]
             if math.isfinite(v):
-                metrics.append(Metric(f"{fam}.test_{summary['metric']}_{key}", float(v), now, 0))
+                metrics.append(Metric(f"{metric_key(fam)}.test_{summary['metric']}_{key}", float(v), now, 0))
     if metrics:
         client.log_batch(run_id, metrics=metrics)
     client.set_tag(run_id, "metazoo.failed_trials", str(failed))

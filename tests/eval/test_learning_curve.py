@@ -55,3 +55,18 @@ def test_the_benchmark_report_adds_the_curve(tmp_path):
     assert {"learning_curve.png", "learning_curve.json"} <= set(names)
     text = (tmp_path / "report" / "summary.md").read_text()
     assert "## Learning curve" in text and "| statnet | 0.205 [" in text
+
+
+def test_curve_labels_become_valid_mlflow_metric_names(tmp_path):
+    from mlflow import MlflowClient
+
+    from cluster.benchmark_mlflow import log_summary, metric_key
+
+    assert metric_key("statnet@800") == "statnet_800" and metric_key("hnp_canon") == "hnp_canon"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("curve", artifact_location=str(tmp_path / "art")))
+    records = [_record("statnet@800", "statnet", seed, v) for seed, v in enumerate([0.5, 0.6])]
+    summary = summarize_benchmark(records, [{"label": "statnet@800", "model": "statnet"}], [0, 1])
+    log_summary(uri, run.info.run_id, summary, [], 0)
+    assert client.get_run(run.info.run_id).data.metrics["statnet_800.test_kendall_tau_mean"] == pytest.approx(0.55)
