@@ -7,6 +7,7 @@ its predictions plot, and registers it (moving the `champion` alias only when it
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import tempfile
@@ -99,30 +100,40 @@ def train_subset(table, arch_id: str, cfg: TrainConfig) -> list[str]:
     """The model_ids of the training rows of `data.train_networks` networks (see its description).
 
     A network is what the table's split keeps together (the card's `split.by`: a hyper-parameter such as
-    `network_id` or `modeldir`); networks are ordered by the hash of `key=value`, whatever the seed."""
-    import hashlib
-    import json
+    `network_id` or `modeldir`); networks are ordered by the hash of `key=value`, whatever the seed. The
+    driver, its checks and the MLflow run ask for the same subset; it is computed once per table and settings."""
+    return list(_train_subset(table.uri, table.card.get("fingerprint"), arch_id, cfg.data.train_split,
+                              tuple(cfg.data.steps or ()) or None, cfg.data.target, cfg.data.train_networks))
 
-    n = cfg.data.train_networks
+
+@functools.lru_cache(maxsize=8)
+def _train_subset(uri: str, fingerprint, arch_id: str, split: str, steps, target: str, n: int) -> tuple[str, ...]:
+    import hashlib
+
+    from zoo_ingest import open_table
+    from zoo_ingest.sources.base import SourceError
+    from zoo_ingest.splits import INDEX, PER_CHECKPOINT, network_values
+
+    table = open_table(uri)
     by = (table.card.get("settings") or {}).get("split", {}).get("by")
-    if not by or by in ("model_id", "index"):
-        raise ConfigError(f"'data.train_networks': table {cfg.data.table!r} does not name its networks by a "
+    if not by or by in (PER_CHECKPOINT, INDEX):
+        raise ConfigError(f"'data.train_networks': table {uri!r} does not name its networks by a "
                           f"hyper-parameter (its split is by {by or 'a split file'!r}), so networks cannot be counted")
-    columns = table.read_columns(["model_id", "hparams"], cfg.data.train_split, arch_id, steps=cfg.data.steps,
-                                 where=target_filter(cfg.data.target))
+    rows = table.read_columns(["model_id", "hparams"], split, arch_id, steps=list(steps) if steps else None,
+                              where=target_filter(target))
+    model_ids = rows["model_id"].to_pylist()
+    try:  # the same reading of the network key as the split's (zoo_ingest.splits)
+        name, values = network_values(by, model_ids, None, rows["hparams"].to_pylist())
+    except SourceError as exc:
+        raise ConfigError(f"'data.train_networks': {exc}") from None
     networks: dict[str, list[str]] = {}
-    for model_id, hparams in zip(columns["model_id"].to_pylist(), columns["hparams"].to_pylist()):
-        parsed = json.loads(hparams) if hparams else {}
-        value = parsed.get(by, parsed.get(f"config.{by}", parsed.get(f"hparam.{by}")))
-        if value is None:
-            raise ConfigError(f"'data.train_networks': row {model_id} of {cfg.data.table!r} has no {by!r} "
-                              "hyper-parameter, so its network is unknown")
-        networks.setdefault(f"{by}={value}", []).append(model_id)
+    for model_id, value in zip(model_ids, values):
+        networks.setdefault(f"{name}={value}", []).append(model_id)
     if n > len(networks):
-        raise ConfigError(f"'data.train_networks': {n} asked for, but split {cfg.data.train_split!r} of "
-                          f"{cfg.data.table!r} holds {len(networks)} networks (arch {arch_id})")
+        raise ConfigError(f"'data.train_networks': {n} asked for, but split {split!r} of {uri!r} holds "
+                          f"{len(networks)} networks (arch {arch_id})")
     order = sorted(networks, key=lambda key: hashlib.sha256(key.encode()).hexdigest())
-    return sorted(m for key in order[:n] for m in networks[key])
+    return tuple(sorted(m for key in order[:n] for m in networks[key]))
 
 
 def main(cfg: TrainConfig) -> TrainResult:
