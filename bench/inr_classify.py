@@ -11,6 +11,10 @@ over seeds per family.
     python bench/inr_classify.py TABLE [--families monomial_nfn_phase,monomial_nfn] [--seeds 0,1,2]
                                  [--epochs 10] [--batch 32] [--lr 1e-3] [--phase]
                                  [--kwargs '{"standardize": true}'] [--translate 0.05] [--weight-dropout 0.05]
+                                 [--max-copies C] [--max-images M]
+
+`--max-copies` / `--max-images` train on nested subsets of a `--copies` zoo (copies 0..C-1 of the first M
+training images, `eval.probes.inr_subset`) for learning curves; the test split stays whole.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 
 from eval.evaluate import evaluate
-from eval.probes import load_split
+from eval.probes import inr_subset, load_split
 from eval.stats import summarize
 from metanets import build_model, sine
 from metanets.weight_space import WeightSpace
@@ -73,6 +77,10 @@ def main(argv=None) -> int:
     parser.add_argument("--phase", action="store_true", help="also augment with random pi phase shifts")
     parser.add_argument("--omega-0", type=float, default=sine.DIGITS_SIREN_OMEGA_0)
     parser.add_argument("--max-train", type=int, default=None)
+    parser.add_argument("--max-copies", type=int, default=None,
+                        help="train on copies 0..C-1 of each image only (learning curves on --copies zoos)")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="train on the first M training images only (by image index), all their copies")
     parser.add_argument("--translate", type=float, default=0.0, help="augment.inr_translate (DWSNets)")
     parser.add_argument("--rotate", type=float, default=0.0, help="augment.inr_rotate_degrees")
     parser.add_argument("--scale", type=float, default=0.0, help="augment.inr_scale")
@@ -82,7 +90,8 @@ def main(argv=None) -> int:
     from zoo_ingest import open_table
 
     table = open_table(args.table)
-    train, y_train = load_split(table, "train", args.max_train)
+    subset = inr_subset(table, "train", args.max_copies, args.max_images)
+    train, y_train = load_split(table, "train", args.max_train, filter=subset)
     test, y_test = load_split(table, "test")
     card = {"task": "inr_classification", "loss": "ce", "omega_0": args.omega_0}
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -90,7 +99,8 @@ def main(argv=None) -> int:
            "weight_dropout": args.weight_dropout}
     print(f"{args.table}: {train.batch_size} train, {test.batch_size} test INRs; epochs {args.epochs}, "
           f"batch {args.batch}, lr {args.lr}, phase augmentation {args.phase}; kwargs {args.kwargs}; "
-          f"INR augmentations {aug}; seeds {seeds}")
+          f"INR augmentations {aug}; seeds {seeds}; train subset: max copies {args.max_copies}, "
+          f"max images {args.max_images}")
     for family in args.families.split(","):
         scores: dict[str, list[float]] = {}
         for seed in seeds:

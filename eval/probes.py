@@ -29,10 +29,11 @@ PROBES = ("flat weights, LR", "weight statistics, GBT", "sine-invariant features
 CONDITIONS = ("no action", "orbit")
 
 
-def load_split(table, split: str, limit: int | None = None) -> tuple[WeightSpace, np.ndarray]:
-    """All labelled networks of `split` as one float64 WeightSpace, and their labels `(N,)`."""
+def load_split(table, split: str, limit: int | None = None, filter=None) -> tuple[WeightSpace, np.ndarray]:
+    """All labelled networks of `split` as one float64 WeightSpace, and their labels `(N,)`; `filter`: a
+    pyarrow expression the rows must also match (e.g. `inr_subset`)."""
     parts, labels, seen = [], [], 0
-    for ws, t in table.batches(512, split=split, where={"label": (0, None)}, targets=[]):
+    for ws, t in table.batches(512, split=split, where={"label": (0, None)}, filter=filter, targets=[]):
         parts.append(ws.double())
         labels.append(t["label"].numpy())
         seen += ws.batch_size
@@ -46,6 +47,38 @@ def load_split(table, split: str, limit: int | None = None) -> tuple[WeightSpace
     if limit is not None:
         ws = ws[:limit]
     return ws, np.concatenate(labels)[: ws.batch_size]
+
+
+def inr_subset(table, split: str, max_copies: int | None = None, max_images: int | None = None):
+    """A filter keeping the INRs of `split` whose copy (`hparam.copy`) is below `max_copies` and whose source
+    image is among the split's first `max_images` images (ordered by `hparam.image_index`), as a pyarrow
+    expression on `model_id`; None when neither bound is given. The subsets are nested: a smaller bound keeps
+    a subset of a larger one, so a learning curve grows one set of INRs."""
+    import json
+
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    if max_copies is None and max_images is None:
+        return None
+    for name, value in (("max_copies", max_copies), ("max_images", max_images)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    afs, root = table.location.arrow()
+    rows = ds.dataset(table.files(split), filesystem=afs, format="parquet").to_table(
+        columns=["model_id", "hparams"]).to_pylist()
+    parsed = []
+    for row in rows:
+        h = json.loads(row["hparams"] or "{}")
+        if "copy" not in h or "image_index" not in h:
+            raise ValueError(f"{table.uri}: row {row['model_id']} has no hparam.copy/hparam.image_index "
+                             "(not a digits-siren table?)")
+        parsed.append((row["model_id"], int(h["copy"]), int(h["image_index"])))
+    images = sorted({image for _, _, image in parsed})
+    kept_images = set(images if max_images is None else images[:max_images])
+    keep = [m for m, copy, image in parsed
+            if (max_copies is None or copy < max_copies) and image in kept_images]
+    return pc.field("model_id").isin(keep)
 
 
 def flat(ws: WeightSpace) -> np.ndarray:

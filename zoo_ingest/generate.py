@@ -87,7 +87,9 @@ def _options(definition: ZooDefinition, copies: int | None, extra: dict | None =
             if value is not None:
                 options[key] = value
             continue
-        if key not in options or key == "copies":
+        if key == "copies":
+            raise GenerateError("copies is its own argument (generate(..., copies=K), --copies K), not an option")
+        if key not in options:
             takes = sorted(set(options) | definition.optional)
             raise GenerateError(f"option {key!r} does not apply to {definition.name}; it takes {takes}")
         options[key] = value

@@ -92,3 +92,49 @@ def test_evaluate_reports_the_orbit_condition_for_sine_models(fitted):
     assert list(result["robustness"]) == ["permuted", "signs", "orbit"]
     assert result["robustness"]["orbit"]["accuracy"] == result["clean"]["accuracy"]
     assert result["audit"]["max"] < 1e-6
+
+
+@pytest.fixture(scope="module")
+def copies_table(tmp_path_factory):
+    from zoo_ingest import ingest
+    from zoo_ingest.generate import generate
+
+    root = tmp_path_factory.mktemp("siren-copies")
+    # independent inits: the copies of an image differ (shared-init copies are identical refits, one model_id)
+    generate("digits-siren", str(root / "zoo"), 60, options={"steps": 5, "init": "independent", "size": 8}, copies=3,
+             workers=0, progress=False, summary=False)
+    ingest(str(root / "zoo"), str(root / "table"), format="checkpoints", split_file=str(root / "zoo/metadata.csv"),
+           use_ray=False, progress=False)
+    return str(root / "table")
+
+
+def _train_hparams(table, subset):
+    import json
+
+    import pyarrow.dataset as ds
+
+    afs, _ = table.location.arrow()
+    rows = ds.dataset(table.files("train"), filesystem=afs, format="parquet").to_table(
+        columns=["model_id", "hparams"], filter=subset).to_pylist()
+    return [json.loads(r["hparams"]) for r in rows]
+
+
+def test_inr_subsets_select_copies_and_images_and_nest(copies_table):
+    from zoo_ingest import open_table
+
+    table = open_table(copies_table)
+    every = _train_hparams(table, None)
+    images = sorted({h["image_index"] for h in every})
+    assert {h["copy"] for h in every} == {0, 1, 2} and len(every) == 3 * len(images)
+    assert probes.inr_subset(table, "train") is None
+
+    first = _train_hparams(table, probes.inr_subset(table, "train", max_copies=1))
+    assert sorted(h["image_index"] for h in first) == images and {h["copy"] for h in first} == {0}
+    two = _train_hparams(table, probes.inr_subset(table, "train", max_copies=2, max_images=4))
+    assert sorted({h["image_index"] for h in two}) == images[:4] and len(two) == 8
+    assert {(h["image_index"], h["copy"]) for h in _train_hparams(table, probes.inr_subset(
+        table, "train", max_copies=1, max_images=4))} < {(h["image_index"], h["copy"]) for h in two}
+    ws, labels = probes.load_split(table, "train", filter=probes.inr_subset(table, "train", max_images=4))
+    assert ws.batch_size == len(labels) == 12
+    with pytest.raises(ValueError, match="max_copies must be at least 1"):
+        probes.inr_subset(table, "train", max_copies=0)
