@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ def train_one(family: str, train: WeightSpace, y: np.ndarray, seed: int, epochs:
     gen = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(y)
     cfg = AugmentConfig(enabled=True, permute=True, signs=True, phase=phase, omega_0=omega_0, **(aug or {}))
+    start = time.perf_counter()
     for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(train.batch_size, generator=gen).split(batch):
@@ -54,7 +56,8 @@ def train_one(family: str, train: WeightSpace, y: np.ndarray, seed: int, epochs:
             loss.backward()
             opt.step()
             sched.step()
-        print(f"    {family} seed {seed}: epoch {epoch + 1}/{epochs} loss {loss.item():.3f}", flush=True)
+        print(f"    {family} seed {seed}: epoch {epoch + 1}/{epochs} loss {loss.item():.3f} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
     return model.eval()
 
 
