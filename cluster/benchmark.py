@@ -137,19 +137,26 @@ def main(cfg: BenchmarkConfig, progress: bool = True) -> dict:
                              "train": tcfg.model_dump(mode="json"), "eval": eval_settings,
                              "table": _absolute(cfg.table_uri()), "tracking_uri": tracking_uri,
                              "trials": trials_loc}
-    tune_errors = run_trials(cfg, specs) if specs else {}
+    try:
+        tune_errors = run_trials(cfg, specs) if specs else {}
 
-    records = read_records(trials_loc, keys.values())
-    out = []
-    for (label, seed), key in keys.items():
-        r = records.get(key)
-        if r is None or (key in tune_errors and r.get("status") != "ok"):
-            r = {"key": key, "family": label, "model": models[label], "seed": seed, "status": "failed",
-                 "error": (r or {}).get("error") or tune_errors.get(key, "the trial did not finish")}
-        out.append(r)
-    from cluster.benchmark_output import write_report
+        records = read_records(trials_loc, keys.values())
+        out = []
+        for (label, seed), key in keys.items():
+            r = records.get(key)
+            if r is None or (key in tune_errors and r.get("status") != "ok"):
+                r = {"key": key, "family": label, "model": models[label], "seed": seed, "status": "failed",
+                     "error": (r or {}).get("error") or tune_errors.get(key, "the trial did not finish")}
+            out.append(r)
+        from cluster.benchmark_output import write_report
 
-    report = write_report(cfg, out, parent, tracking_uri, _report_dir(cfg), time.perf_counter() - started)
+        report = write_report(cfg, out, parent, tracking_uri, _report_dir(cfg), time.perf_counter() - started)
+    except BaseException as exc:  # the parent run must not stay RUNNING; a rerun reopens it (parent_run)
+        if parent:
+            from cluster.benchmark_mlflow import end_parent
+
+            end_parent(tracking_uri, parent["run_id"], "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     return {"records": out, "summary": report["summary"], "report": report,
             "parent_run_id": parent["run_id"] if parent else None, "table": cfg.table_uri(), "keys": keys}
 

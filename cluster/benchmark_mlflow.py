@@ -67,3 +67,16 @@ def log_summary(tracking_uri: str, run_id: str, summary: dict, files: list, fail
     for f in files:
         client.log_artifact(run_id, str(f), artifact_path="benchmark")
     client.set_terminated(run_id, status="FINISHED")
+
+
+def end_parent(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark the parent run ended (FAILED/KILLED) when the benchmark stops on an error; an MLflow error here is
+    logged, not raised, so the benchmark's own error is the one the user sees."""
+    import logging
+
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+    except Exception as exc:  # noqa: BLE001 - the original error matters more
+        logging.getLogger(__name__).warning("could not mark benchmark run %s %s: %s", run_id, status, exc)

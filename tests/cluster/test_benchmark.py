@@ -89,3 +89,20 @@ def test_trials_run_concurrently_rerun_skips_and_failures_are_kept_apart(ray_loc
     assert by[("broken", 0)]["error"] and again["report"]["failed"] == 2
     assert "trial broken seed 0: FAILED after" in text and "- broken seed 1: " in text  # console line, report
     assert again["parent_run_id"] == out["parent_run_id"]  # the same benchmark, the same parent run
+
+    # a benchmark that stops on an error (here its report step) marks its parent run FAILED, not RUNNING,
+    # and a rerun reopens the same parent
+    import cluster.benchmark_output
+
+    def broken_report(*args, **kwargs):
+        raise RuntimeError("report step broke")
+
+    monkeypatch.setattr(cluster.benchmark_output, "write_report", broken_report)
+    with pytest.raises(RuntimeError, match="report step broke"):
+        main(_cfg(tmp_path, digits_cnn_table), progress=False)
+    assert client.get_run(out["parent_run_id"]).info.status == "FAILED"
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert main(_cfg(tmp_path, digits_cnn_table), progress=False)["parent_run_id"] == out["parent_run_id"]
+    assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+
