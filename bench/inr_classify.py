@@ -33,11 +33,13 @@ from eval.stats import summarize
 from metanets import build_model, sine
 from metanets.weight_space import WeightSpace
 from training.augment import augment
+from training.batchnorm import BatchReservoir, recompute_batchnorm
 from training.config import AugmentConfig
 
 
 def train_one(family: str, train: WeightSpace, y: np.ndarray, seed: int, epochs: int, batch: int, lr: float,
-              phase: bool, omega_0: float, kwargs: dict | None = None, aug: dict | None = None) -> torch.nn.Module:
+              phase: bool, omega_0: float, kwargs: dict | None = None, aug: dict | None = None,
+              bn_rows: int = 1024) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model(family, train.spec, out_dim=10, **(kwargs or {}))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -58,6 +60,12 @@ def train_one(family: str, train: WeightSpace, y: np.ndarray, seed: int, epochs:
             sched.step()
         print(f"    {family} seed {seed}: epoch {epoch + 1}/{epochs} loss {loss.item():.3f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
+    # as the training worker does before validating (training/batchnorm.py): BatchNorm statistics of the
+    # first `bn_rows` training rows (augmented, as trained) under the final weights
+    reservoir, gen = BatchReservoir(bn_rows), torch.Generator().manual_seed(seed + 1)
+    for start in range(0, min(bn_rows, train.batch_size), batch):
+        reservoir.offer(augment(train[start:start + batch], cfg, gen).float())
+    recompute_batchnorm(model, reservoir.batches)
     return model.eval()
 
 
@@ -88,6 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rotate", type=float, default=0.0, help="augment.inr_rotate_degrees")
     parser.add_argument("--scale", type=float, default=0.0, help="augment.inr_scale")
     parser.add_argument("--weight-dropout", type=float, default=0.0, help="augment.weight_dropout")
+    parser.add_argument("--bn-rows", type=int, default=1024,
+                        help="BatchNorm statistics recomputed over this many training rows (model.bn_recompute_rows)")
     parser.add_argument("--kwargs", default="{}", help='builder kwargs as JSON, e.g. \'{"standardize": true}\'')
     args = parser.parse_args(argv)
     from zoo_ingest import open_table
@@ -108,7 +118,7 @@ def main(argv=None) -> int:
         scores: dict[str, list[float]] = {}
         for seed in seeds:
             model = train_one(family, train, y_train, seed, args.epochs, args.batch, args.lr, args.phase,
-                              args.omega_0, json.loads(args.kwargs), aug)
+                              args.omega_0, json.loads(args.kwargs), aug, args.bn_rows)
             card["model"] = family
 
             def batches():

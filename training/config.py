@@ -59,6 +59,10 @@ class ModelConfig(Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     compile: bool = Field(False, description="torch.compile the metanetwork inside DeepSpeed's engine (CPU and GPU); "
                                              "the first steps pay the compile time, saved models stay uncompiled")
+    bn_recompute_rows: int = Field(
+        1024, ge=0, description="models with BatchNorm (standardize: true): before each validation, set its running "
+                                "statistics to the average over this many of the worker's first training rows under "
+                                "the current weights (training/batchnorm.py); 0: keep the moving averages")
 
 
 class OptimConfig(Strict):

@@ -23,6 +23,7 @@ from metanets.specs import spec_from_dict
 from training import early_stopping
 from training.augment import augment
 from training.batches import batch_targets, batch_to_weightspace, target_filter
+from training.batchnorm import BatchReservoir, batchnorm_layers, recompute_batchnorm
 from training.config import TrainConfig
 from training.engine import compile_engine, skip_shm_comm_op
 from training.metrics import PRIMARY_METRIC, task_metrics
@@ -139,6 +140,9 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.model.compile:
         compile_engine(engine)  # in place: parameter and checkpoint names stay those of the plain model
 
+    # eval mode standardises with the current weights' statistics, not a lagging moving average (batchnorm.py)
+    reservoir = BatchReservoir(cfg.model.bn_recompute_rows) \
+        if cfg.model.bn_recompute_rows and batchnorm_layers(model) else None
     start_epoch, global_step, stopping = 0, 0, early_stopping.initial_state()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -170,6 +174,8 @@ def train_loop_per_worker(config: dict) -> None:
         for batch in _iter_batches(train_shard, cfg, epoch):
             ws = augment(batch_to_weightspace(batch, spec), cfg.augment, gen).to(device=device, dtype=dtype)
             y = batch_targets(batch, cfg.data.target, cfg.task.kind).to(device)
+            if reservoir is not None:
+                reservoir.offer(ws)
             waited += time.perf_counter() - tick  # time the step spent waiting for its input
             loss = compute_loss(cfg, engine(ws), y)
             engine.backward(loss)
@@ -201,6 +207,8 @@ def train_loop_per_worker(config: dict) -> None:
         if skipped and rank == 0:
             print(f"warning: epoch {epoch}: {skipped} optimiser steps skipped (non-finite gradients)",
                   file=sys.stderr, flush=True)
+        if reservoir is not None:
+            recompute_batchnorm(engine.module, reservoir.batches, all_reduce=world > 1)
         val_out = val_y = None
         stop = False
         if rank == 0:
