@@ -87,12 +87,15 @@ def test_prefetched_batches_and_losses_equal_the_inline_ones():
     inline_shard, prefetch_shard = FakeShard(), FakeShard()
     inline = _inputs(inline_shard, _cfg("data.prefetch=0"))
     inline.start(0)
+    rng = torch.get_rng_state()
     prefetched = _inputs(prefetch_shard, _cfg("data.prefetch=2"))
     prefetched.start(0)
     try:
         a, b = _read(inline, epochs), _read(prefetched, epochs)
     finally:
         prefetched.close()
+    # the producer may run while the worker seeds and builds its model: it never draws from torch's global RNG
+    assert torch.equal(torch.get_rng_state(), rng)
     # the prefetch path really read in its own thread, the inline one in the caller's
     assert set(prefetch_shard.threads) == {"metazoo-input"}
     assert set(inline_shard.threads) == {threading.current_thread().name}
