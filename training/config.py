@@ -34,6 +34,10 @@ class DataConfig(Strict):
                                 "networks; validation and test splits are unchanged. None: all")
     target: str = Field("test_accuracy", description="metric column to regress, or 'label' to classify")
     shuffle_buffer: int = Field(512, ge=1, description="rows in the per-worker shuffle buffer")
+    prefetch: int = Field(
+        2, ge=0, description="training batches a background thread per worker reads, converts and augments "
+                             "ahead of the step (and the next epoch's read it starts while the epoch ends, "
+                             "validates and checkpoints); 0: inline, in the step loop. The batches are the same")
     cache: Literal["auto", "always", "never"] = Field(
         "auto", description="keep the filtered training split in Ray's object store after the first read "
                             "(it spills to disk when full) instead of reading the Parquet shards every epoch; "

@@ -38,6 +38,8 @@ class TrainResult:
     metanet_path: str | None = None
     num_params: int = 0
     epochs_run: int = 0
+    # the metrics of each epoch whose checkpoint Ray Train kept (`checkpoint.num_to_keep`), by epoch
+    epoch_metrics: list[dict] = field(default_factory=list)
 
 
 def _select_arch(table, cfg: TrainConfig) -> tuple[str, NetworkSpec]:
@@ -221,7 +223,9 @@ def main(cfg: TrainConfig) -> TrainResult:
     out = TrainResult(run_id=run_id, experiment=experiment, model_uri=None, registered_model=None, version=None,
                       champion=False, metrics=final_metrics, checkpoint_path=best.path if best else None,
                       num_params=build_model(cfg.model.name, spec, out_dim=out_dim, **cfg.model.kwargs).num_params,
-                      epochs_run=int(final_metrics.get("epochs_run", 0)))
+                      epochs_run=int(final_metrics.get("epochs_run", 0)),
+                      epoch_metrics=sorted((dict(m) for _, m in result.best_checkpoints or []),
+                                           key=lambda m: m.get("epoch", -1)))
     scratch = None
     try:
         if best is not None:

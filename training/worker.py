@@ -21,11 +21,11 @@ from torch.nn import functional as F
 from metanets import build_model
 from metanets.specs import spec_from_dict
 from training import early_stopping
-from training.augment import augment
-from training.batches import batch_targets, batch_to_weightspace, target_filter
+from training.batches import target_filter
 from training.batchnorm import BatchReservoir, batchnorm_layers, recompute_batchnorm
 from training.config import TrainConfig
 from training.engine import compile_engine, skip_shm_comm_op
+from training.inputs import TrainingInputs
 from training.metrics import PRIMARY_METRIC, task_metrics
 from training.model_io import save_metanet
 from training.tracking import NoTracker, make_tracker
@@ -70,14 +70,6 @@ def compute_loss(cfg: TrainConfig, out: torch.Tensor, y: torch.Tensor) -> torch.
     return F.mse_loss(out.reshape(-1), y)
 
 
-def _iter_batches(shard, cfg: TrainConfig, epoch: int):
-    """This worker's share of the training split, shuffled differently (and reproducibly) every epoch."""
-    yield from shard.iter_batches(
-        batch_size=cfg.batch_size, batch_format="numpy", drop_last=False, prefetch_batches=4,
-        local_shuffle_buffer_size=cfg.data.shuffle_buffer, local_shuffle_seed=cfg.seed * 10007 + epoch,
-    )
-
-
 def evaluate(engine, cfg: TrainConfig, config: dict, device, dtype) -> tuple[np.ndarray, np.ndarray]:
     """Raw outputs and targets over the whole validation split, read straight from the table."""
     from zoo_ingest import open_table
@@ -111,11 +103,9 @@ def _maybe_inject_fault(cfg: TrainConfig, epoch: int, rank: int, marker: str | N
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import deepspeed
     import ray.train
-    from ray.train import Checkpoint
 
-    worker_start, first_step_at = time.time(), None
+    worker_start = time.time()
     cfg = TrainConfig.model_validate(config["cfg"])
     spec = spec_from_dict(config["spec"])
     ctx = ray.train.get_context()
@@ -123,7 +113,23 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
     dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    checkpoint = ray.train.get_checkpoint()
+    inputs = TrainingInputs(ray.train.get_dataset_shard("train"), cfg, spec, rank=rank, device=device, dtype=dtype)
+    if checkpoint is None:  # a fresh run starts at epoch 0: its first read overlaps the model's set-up
+        inputs.start(0)
+    try:
+        _train(config, cfg, spec, rank, world, device, dtype, checkpoint, inputs, worker_start)
+    finally:  # stops the input producer on an error, after early stopping and at the end
+        inputs.close()
 
+
+def _train(config: dict, cfg: TrainConfig, spec, rank: int, world: int, device, dtype, checkpoint,
+           inputs: TrainingInputs, worker_start: float) -> None:
+    import deepspeed
+    import ray.train
+    from ray.train import Checkpoint
+
+    first_step_at = None
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg.model.name, spec, out_dim=config["out_dim"], **cfg.model.kwargs)
     optimizer = torch.optim.AdamW(
@@ -144,7 +150,6 @@ def train_loop_per_worker(config: dict) -> None:
     reservoir = BatchReservoir(cfg.model.bn_recompute_rows) \
         if cfg.model.bn_recompute_rows and batchnorm_layers(model) else None
     start_epoch, global_step, stopping = 0, 0, early_stopping.initial_state()
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             _, client_state = engine.load_checkpoint(d, tag="state")
@@ -152,10 +157,10 @@ def train_loop_per_worker(config: dict) -> None:
         stopping = client_state.get("early_stopping", stopping)
         if client_state.get("stopped"):  # the run had already stopped early before the restart
             start_epoch = cfg.epochs
+    inputs.start(start_epoch)
 
     tracker = make_tracker(config.get("tracking_uri"), config.get("run_id"), cfg.mlflow.system_metrics) \
         if rank == 0 else NoTracker()
-    train_shard = ray.train.get_dataset_shard("train")
     primary = PRIMARY_METRIC[cfg.task.kind]
     progress = None
     if rank == 0:  # the bar (when cfg.progress) and the per-epoch line, drawn by the driver's relay
@@ -167,13 +172,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     for epoch in range(start_epoch, cfg.epochs):
         _maybe_inject_fault(cfg, epoch, rank, config.get("fault_marker"))
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
         losses, rows, waited = [], 0, 0.0
         skipped_before = engine.skipped_steps
         epoch_start = tick = time.perf_counter()
-        for batch in _iter_batches(train_shard, cfg, epoch):
-            ws = augment(batch_to_weightspace(batch, spec), cfg.augment, gen).to(device=device, dtype=dtype)
-            y = batch_targets(batch, cfg.data.target, cfg.task.kind).to(device)
+        for ws, y in inputs.epoch(epoch):  # read, converted and augmented inline or by the prefetcher
             if reservoir is not None:
                 reservoir.offer(ws)
             waited += time.perf_counter() - tick  # time the step spent waiting for its input

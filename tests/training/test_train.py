@@ -39,6 +39,10 @@ def test_two_workers_train_log_and_register(digits_cnn_table, tmp_path):
     assert run.data.params["model.name"] == "monomial_nfn" and run.data.params["scaling.num_workers"] == "2"
     history = client.get_metric_history(result.run_id, "val_kendall_tau")
     assert [m.step for m in history] == [0, 1]
+    # both epochs' checkpoints are kept (num_to_keep 2): the result carries their metrics, by epoch
+    assert [m["epoch"] for m in result.epoch_metrics] == [0, 1]
+    assert [m["val_kendall_tau"] for m in result.epoch_metrics] == pytest.approx([m.value for m in history])
+    assert all(0 <= m["data_wait_fraction"] <= 1 for m in result.epoch_metrics)
     assert all(-1 <= m.value <= 1 for m in history)
     assert run.data.metrics["num_params"] == result.num_params > 0
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
