@@ -1,8 +1,7 @@
 """Precise BatchNorm (training/batchnorm.py): the running statistics become the average over fixed batches under
-the current weights, the model keeps its invariance (float64), nothing changes without batches, and a real
-training run recomputes them before each validation."""
+the current weights, the model keeps its invariance (float64), and nothing changes without batches. The
+training run that recomputes them before each validation is in tests/training/test_early_stopping.py."""
 
-import math
 
 import pytest
 import torch
@@ -87,22 +86,5 @@ def test_reservoir_keeps_the_first_rows_only():
     assert res.rows == 8 and [b.batch_size for b in res.batches] == [5, 3]
 
 
-@pytest.mark.ray
-def test_training_recomputes_batchnorm_before_validation(digits_cnn_table, tmp_path):
-    """statnet with `standardize: true`, 2 epochs of 8 steps, bn_recompute_rows=16: the saved model's BatchNorm
-    was last set from the reservoir's one batch of 16 rows (num_batches_tracked 1); the moving average it
-    replaces counts every training step (8 or more)."""
-    from training import main
-    from training.config import load_config
-    from training.model_io import load_metanet
-
-    result = main(load_config(None, [
-        f"data.table={digits_cnn_table}", "data.activation=relu", "model.name=statnet",
-        "model.kwargs={standardize: true}", "model.bn_recompute_rows=16", "epochs=2", "batch_size=16",
-        "scaling.num_workers=1", "progress=false", f"checkpoint.storage_path={tmp_path / 'runs'}",
-        "mlflow.enabled=false",
-    ]))
-    model, _ = load_metanet(result.metanet_path)
-    (bn,) = batchnorm_layers(model)
-    assert math.ceil(result.metrics["train_rows"] / 16) > 1  # several steps per epoch, so the count tells
-    assert int(bn.num_batches_tracked) == 1
+# A training run that recomputes the statistics before validating (and after a worker restart):
+# tests/training/test_early_stopping.py::test_training_stops_early_and_resumes_its_state_after_a_restart

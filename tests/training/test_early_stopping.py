@@ -50,6 +50,7 @@ def test_training_stops_early_and_resumes_its_state_after_a_restart(digits_cnn_t
 
     cfg = load_config(None, [
         f"data.table={digits_cnn_table}", "data.activation=relu", "model.name=statnet", "epochs=6",
+        "model.kwargs={standardize: true}", "model.bn_recompute_rows=16",  # also: precise BatchNorm, restarted
         "batch_size=16", "scaling.num_workers=1", "progress=false", "early_stopping.patience=2",
         "early_stopping.min_delta=1e9", "fault.fail_at_epoch=2", "checkpoint.max_failures=1",
         f"checkpoint.storage_path={tmp_path / 'runs'}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -62,3 +63,10 @@ def test_training_stops_early_and_resumes_its_state_after_a_restart(digits_cnn_t
     assert client.get_run(result.run_id).data.metrics["epochs_run"] == 3
     steps = [m.step for m in client.get_metric_history(result.run_id, "val_kendall_tau")]
     assert sorted(set(steps)) == [0, 1, 2] and steps[-1] == 2  # epochs after the restart point are redone
+    # the saved model's BatchNorm was last set from the (refilled) reservoir's one batch of 16 rows before
+    # validating, not left with the moving average over the epoch's steps (training/batchnorm.py)
+    from training.batchnorm import batchnorm_layers
+    from training.model_io import load_metanet
+
+    (bn,) = batchnorm_layers(load_metanet(result.metanet_path)[0])
+    assert math.ceil(result.metrics["train_rows"] / 16) > 1 and int(bn.num_batches_tracked) == 1
