@@ -43,7 +43,8 @@ def snapshot(folder) -> dict[str, bytes]:
         ("digits-cnn", 3, {"block_size": 4, "networks_per_task": 2}, "networks_per_task applies to the per-network"),
         ("digits-cnn", 3, {"options": {"activation": "gelu"}}, "--activation must be one of relu, tanh, got 'gelu'"),
         ("digits-siren", 3, {"options": {"activation": "relu"}}, "option 'activation' does not apply to digits-siren"),
-        ("digits-siren", 3, {"options": {"copies": 2}}, "copies is its own argument (generate(..., copies=K), --copies K)"),
+        ("digits-siren", 3, {"options": {"copies": 2}},
+         "copies is its own argument (generate(..., copies=K), --copies K)"),
     ],
 )
 def test_bad_arguments_fail_before_writing(tmp_path, zoo, n, kw, message):
