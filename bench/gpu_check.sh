@@ -88,7 +88,7 @@ EOF
 
 t0=$SECONDS
 "$PY" bench/layers.py --device "$DEVICE" --batch "$LAYER_BATCH" --repeats "$REPEATS" --models "$MODELS" \
-  --compile --compile-backend "$BACKEND" > "$OUT/layers.log" 2>&1
-grep -v "^compiled " "$OUT/layers.log" >> "$FIG"
+  --compile --compile-backend "$BACKEND" --profile > "$OUT/layers.log" 2>&1
+grep -v -e "^compiled " -e "^USDT:" "$OUT/layers.log" >> "$FIG"  # USDT: the profiler's own log lines
 stage "layers eager vs compiled ($BACKEND) on $DEVICE: $((SECONDS - t0)) s"
 stage "done; figures in $FIG"

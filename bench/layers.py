@@ -9,7 +9,11 @@ true` does in training) and the table adds the compile time and the eager / comp
 
     python bench/layers.py [--batch 64] [--repeats 20] [--threads N] [--only cnn|transformer]
                            [--models monomial_nfn,hnp] [--compile] [--compile-backend inductor]
-                           [--device cpu|cuda]
+                           [--device cpu|cuda] [--profile]
+
+With --profile, each eager model's step is also profiled (torch.profiler, a few steps after the timing) and
+the table is followed by its largest operators by self time and the share of matrix products (mm, bmm,
+addmm, baddbmm, addbmm): the part a compiler cannot fuse away, which bounds what compiling can gain.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time every model compiled in place")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--profile", action="store_true", help="also print each model's largest operators")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,6 +141,29 @@ def main() -> None:
 
 def _subset(families: list[str], keep: set[str] | None) -> list[str]:
     return [f for f in families if keep is None or f in keep]
+
+
+MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
+
+
+def operator_profile(name: str, model: nn.Module, ws, steps: int = 5, top: int = 6) -> str:
+    """One line per model: the share of self time of its largest operators over `steps` forward+backward
+    passes, and the share of all matrix products."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ws.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            model.zero_grad(set_to_none=True)
+            model(ws).square().mean().backward()
+            _sync(ws)
+    attr = "self_device_time_total" if ws.device.type == "cuda" else "self_cpu_time_total"
+    ops = [(e.key, getattr(e, attr)) for e in prof.key_averages()]
+    total = sum(t for _, t in ops) or 1.0
+    ops.sort(key=lambda kv: -kv[1])
+    matmul = sum(t for k, t in ops if k in MATMULS) / total
+    largest = ", ".join(f"{k.removeprefix('aten::')} {t / total:.0%}" for k, t in ops[:top])
+    return f"profile {name}: matrix products {matmul:.0%} of self time; largest: {largest}"
 
 
 def report(what: str, ws, families: list[str], baseline: str, args) -> None:
@@ -166,6 +194,9 @@ def report(what: str, ws, families: list[str], baseline: str, args) -> None:
             csec = times[f"{name} (compiled)"]
             row += f"{compile_s[name]:>11.1f}{csec * 1e3:>13.2f}{sec / csec:>18.2f}"
         print(row)
+    if args.profile:
+        for name in families:
+            print(operator_profile(name, models[name], ws))
     quasi = baseline + "_quasi"
     if ref and quasi in times:
         goal = " (goal <= 1.15)" if baseline == "monomial_nfn" else ""

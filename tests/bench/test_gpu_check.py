@@ -34,4 +34,6 @@ def test_gpu_check_dry_run_writes_its_figures(tmp_path):
     for model in ("statnet", "np"):
         row = re.search(rf"^{model}\s+.*\s(\d+\.\d+)$", figures, re.MULTILINE)
         assert row and float(row.group(1)) > 0, figures
+        share = re.search(rf"^profile {model}: matrix products (\d+)% of self time", figures, re.MULTILINE)
+        assert share and 0 <= int(share.group(1)) <= 100, figures
     assert "done; figures in" in figures
