@@ -93,3 +93,74 @@ def plot(curves_: dict[str, list[dict]], metric: str, path: Path, title: str, co
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def merge(*curve_sets: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Curves of several benchmarks (their learning_curve.json) as one: points of a curve are pooled and
+    sorted by size; two benchmarks measuring the same curve at the same size is refused."""
+    out: dict[str, list[dict]] = {}
+    for curves_ in curve_sets:
+        for name, points in curves_.items():
+            have = {p["train_networks"] for p in out.get(name, [])}
+            clash = sorted(have & {p["train_networks"] for p in points})
+            if clash:
+                raise ValueError(f"curve {name!r} has two points at {clash[0]:,} training networks")
+            out.setdefault(name, []).extend(points)
+    for points in out.values():
+        points.sort(key=lambda p: p["train_networks"])
+    return out
+
+
+def point_from_eval(label: str, result: dict, seed: int = 0) -> tuple[str, dict]:
+    """(curve, point) for one `metazoo eval` result (its --json file) of a model trained on `label`'s
+    networks (`curve@N`): a single-seed point, e.g. a model of a bigger zoo scored on a smaller zoo's test
+    split so that every point of the curve shares one test set."""
+    curve, sep, size = label.partition("@")
+    if not sep or not size.isdigit():
+        raise ValueError(f"label {label!r}: name the point as curve@training_networks, e.g. statnet@24000")
+    value = float(result["clean"][result["metric"]])
+    return curve, {"train_networks": int(size), "label": label, "n": 1, "mean": value, "std": math.nan,
+                   "lo": math.nan, "hi": math.nan, "values": {str(seed): value}, "epochs_run": None,
+                   "wall_s": None, "table": result.get("table"), "split": result.get("split")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Draw one learning curve from several benchmarks' learning_curve.json files and `metazoo eval`
+    results: python -m eval.learning_curve OUT.png CURVES.json ... [--eval curve@N=eval.json ...]."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m eval.learning_curve", description=main.__doc__)
+    parser.add_argument("out", type=Path, help="the plot (PNG); the table is printed")
+    parser.add_argument("curves", nargs="*", type=Path, help="learning_curve.json files of benchmark reports")
+    parser.add_argument("--eval", action="append", default=[], metavar="CURVE@N=EVAL.json",
+                        help="a point from a `metazoo eval --json` file")
+    parser.add_argument("--metric", default="kendall_tau")
+    parser.add_argument("--title", default="learning curve")
+    args = parser.parse_args(argv)
+    sets = []
+    for path in args.curves:
+        try:
+            sets.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            parser.error(f"cannot read curves {path}: {exc}")
+    for item in args.eval:
+        label, sep, path = item.partition("=")
+        if not sep:
+            parser.error(f"--eval {item!r}: write it as curve@N=path/to/eval.json")
+        try:
+            curve, point = point_from_eval(label, json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"--eval {item!r}: {exc}")
+        sets.append({curve: [point]})
+    try:
+        merged = merge(*sets)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(markdown(merged, args.metric), end="")
+    print(f"plot: {plot(merged, args.metric, args.out, args.title)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -70,3 +70,34 @@ def test_curve_labels_become_valid_mlflow_metric_names(tmp_path):
     summary = summarize_benchmark(records, [{"label": "statnet@800", "model": "statnet"}], [0, 1])
     log_summary(uri, run.info.run_id, summary, [], 0)
     assert client.get_run(run.info.run_id).data.metrics["statnet_800.test_kendall_tau_mean"] == pytest.approx(0.55)
+
+
+def test_curves_of_two_benchmarks_and_an_eval_result_make_one_curve(tmp_path, capsys):
+    import json
+    import math
+
+    def point(n, value):
+        return {"train_networks": n, "label": f"statnet@{n}", "n": 1, "mean": value, "std": math.nan,
+                "lo": math.nan, "hi": math.nan, "values": {"0": value}, "epochs_run": [3], "wall_s": 1.0}
+
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"statnet": [point(100, 0.5), point(300, 0.6)], "hnp": [point(100, 0.4)]}))
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"statnet": [point(1000, 0.7)]}))
+    result = tmp_path / "eval.json"
+    result.write_text(json.dumps({"metric": "kendall_tau", "clean": {"kendall_tau": 0.66, "r2": 0.1},
+                                  "table": "t", "split": "test"}))
+    out = tmp_path / "curve.png"
+    assert learning_curve.main([str(out), str(small), str(big), "--eval", f"monomial_nfn@1000={result}"]) == 0
+    text = capsys.readouterr().out
+    assert "| statnet | 0.500 (1) | 0.600 (1) | 0.700 (1) |" in text
+    assert "| hnp | 0.400 (1) | not run | not run |" in text
+    assert "| monomial_nfn | not run | not run | 0.660 (1) |" in text
+    assert out.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="two points at 1,000"):
+        learning_curve.merge(json.loads(big.read_text()), json.loads(big.read_text()))
+    with pytest.raises(ValueError, match="curve@training_networks"):
+        learning_curve.point_from_eval("statnet", json.loads(result.read_text()))
+    with pytest.raises(SystemExit):
+        learning_curve.main([str(out), "--eval", f"statnet@5{result}"])
+    assert "write it as curve@N=" in capsys.readouterr().err
