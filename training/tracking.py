@@ -7,6 +7,7 @@ rank 0 of the training workers logs per-epoch metrics to the same run by id.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,4 +150,22 @@ def log_table_input(client, run_id: str, table, split: str, arch_id: str, contex
     rows = table.num_rows(split, arch_id) if model_ids is None else len(model_ids)
     tags = [InputTag(MLFLOW_DATASET_CONTEXT, context or split), InputTag("metazoo.split", split),
             InputTag("metazoo.arch_id", arch_id), InputTag("metazoo.rows", str(rows))]
-    client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+    for attempt in range(DATASET_ATTEMPTS):
+        try:
+            client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+            return
+        except Exception as exc:  # noqa: BLE001 - only the dataset race is retried, the rest re-raised
+            if attempt == DATASET_ATTEMPTS - 1 or not _dataset_race(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+# Two runs (e.g. concurrent benchmark trials) that log the same new dataset at once both find it missing and
+# both insert it; the store's unique key on (experiment, name, digest) refuses the second insert and rolls it
+# back. Logging again then finds the dataset the other run created and links it.
+DATASET_ATTEMPTS = 4
+_RACE_MARKERS = ("UNIQUE constraint failed", "IntegrityError", "duplicate key value", "Duplicate entry")
+
+
+def _dataset_race(exc: Exception) -> bool:
+    return any(marker in str(exc) for marker in _RACE_MARKERS)

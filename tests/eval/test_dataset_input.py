@@ -73,3 +73,63 @@ def test_training_and_evaluation_runs_link_the_same_dataset(tables, tmp_path):
         assert table.location.path in ds.source and ds.source_type == "local"
         seen.append((ds.name, ds.digest, ds.source))
     assert seen[0] == seen[1]
+
+
+def test_two_runs_logging_a_new_dataset_at_once_both_link_it(tables, tmp_path, monkeypatch):
+    """Concurrent trials: run B looks the dataset up before run A's insert commits, then inserts it too and
+    the store's unique key refuses it (a real sqlite IntegrityError). Logging again links A's dataset."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.dbmodels.models import SqlDataset
+    from sqlalchemy.orm import Query
+
+    from training import tracking
+
+    table = tables["a"]
+    (arch,) = table.archs
+    (split,) = table.splits
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    run_a, run_b = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
+    tracking.log_table_input(client, run_a, table, split, arch, "training")
+
+    real_all, stale = Query.all, {"left": 1}
+
+    def all_(query):  # run B's first look-up still misses the dataset run A has just written
+        if stale["left"] and query.column_descriptions[0]["entity"] is SqlDataset:
+            stale["left"] -= 1
+            return []
+        return real_all(query)
+
+    monkeypatch.setattr(Query, "all", all_)
+    with monkeypatch.context() as m:  # without the retry, the race is an error
+        m.setattr(tracking, "DATASET_ATTEMPTS", 1)
+        with pytest.raises(MlflowException, match="UNIQUE constraint failed"):
+            tracking.log_table_input(client, run_b, table, split, arch, "training")
+    stale["left"] = 1
+    tracking.log_table_input(client, run_b, table, split, arch, "training")
+    assert stale["left"] == 0  # the stale look-up did happen
+    (a,), (b,) = (client.get_run(r).inputs.dataset_inputs for r in (run_a, run_b))
+    assert (a.dataset.name, a.dataset.digest) == (b.dataset.name, b.dataset.digest)
+
+
+def test_other_errors_of_logging_a_dataset_are_not_retried(tables):
+    from mlflow.exceptions import MlflowException
+
+    from training.tracking import log_table_input
+
+    table = tables["a"]
+    (arch,) = table.archs
+    (split,) = table.splits
+
+    class Refusing:
+        calls = 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            raise MlflowException(f"Run '{run_id}' not found")
+
+    client = Refusing()
+    with pytest.raises(MlflowException, match="not found"):
+        log_table_input(client, "r1", table, split, arch)
+    assert client.calls == 1
