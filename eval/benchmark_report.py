@@ -9,6 +9,7 @@ Input: one record per trial (`cluster.benchmark` writes them), a dict with `fami
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from eval.stats import LEVEL, NO_DIFFERENCE, overlap, paired, summarize
@@ -189,6 +190,9 @@ def plot_conditions(summary: dict, path: Path, title: str) -> Path:
     return Path(path)
 
 
+TITLE_CHARS = 70  # characters of a title line that fit above one 7-inch panel (long titles wrap, not clip)
+
+
 def plot_paired(summary: dict, path: Path, title: str) -> Path:
     """Paired differences against each reference, one row per family and condition, with intervals."""
     import matplotlib
@@ -197,7 +201,7 @@ def plot_paired(summary: dict, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     refs = list(summary["paired"].items())
-    fig, axes = plt.subplots(1, max(1, len(refs)), figsize=(6 * max(1, len(refs)), 1.2 + 0.22 * max(
+    fig, axes = plt.subplots(1, max(1, len(refs)), figsize=(7 * max(1, len(refs)), 1.2 + 0.22 * max(
         (len(rows) * len(summary["conditions"]) for _, rows in refs), default=4)), squeeze=False)
     for ax, (ref, rows) in zip(axes.flat, refs):
         labels, y = [], 0
@@ -214,11 +218,13 @@ def plot_paired(summary: dict, path: Path, title: str) -> Path:
         ax.set_yticklabels(labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(f"test {summary['metric']} minus {ref}'s (same seed)")
-        ax.set_title(f"against {ref}: grey = interval covers 0 ({NO_DIFFERENCE})", fontsize=9)
+        ax.set_title(textwrap.fill(f"against {ref}: grey = interval covers 0 ({NO_DIFFERENCE})", TITLE_CHARS // 2),
+                     fontsize=9)
         ax.grid(alpha=0.3, axis="x")
     if not refs:
         axes.flat[0].text(0.5, 0.5, "no reference family completed", ha="center")
-    fig.suptitle(f"{title}: paired differences, {int(summary['level'] * 100)}% intervals", fontsize=10)
+    text = f"{title}: paired differences, {int(summary['level'] * 100)}% intervals"
+    fig.suptitle(textwrap.fill(text, TITLE_CHARS * max(1, len(refs))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
