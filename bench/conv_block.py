@@ -4,11 +4,13 @@
 
 One thread, in this process. For a block of S stacked digits CNNs (the batched generation path,
 `zoo_ingest/generators/cnn.py`) on mini-batches of B images each, it times forward + backward of the three
-convolutions (conv1-3 with ReLU) in three formulations, after checking in float64 that they give the same
-outputs and gradients:
+convolutions (conv1-3 with ReLU) in four formulations, taking turns step by step, after checking in
+float64 that they give the same outputs and gradients:
 - grouped: one `F.conv2d` with S groups per layer, channels-last (what generation uses);
 - unfold: im2col by `Tensor.unfold`, then one batched matmul per layer;
-- taps: the 9 kernel taps as strided slices, concatenated, then one batched matmul per layer.
+- taps: the 9 kernel taps as strided slices, concatenated, then one batched matmul per layer;
+- dense: conv1 by im2col of the images (they need no gradient), conv2 and conv3 as dense matrices gathered
+  from the kernels (padding and stride become zeros), so each layer is one batched matmul.
 Then the other parts of a step at the same sizes: the per-network dropout draws (each network draws its own
 masks from its own generator, as the per-network path does) and the optimiser update; and, for scale, one
 step of the per-network path (one network, batch B, eager modules). Ratios are against grouped, or against
@@ -68,7 +70,37 @@ def taps(params: dict, x: torch.Tensor) -> torch.Tensor:
     return h.reshape(s, b, 16)
 
 
-FORMULATIONS = {"grouped": grouped, "unfold": unfold, "taps": taps}
+def _dense_index(size: int) -> torch.Tensor:
+    """For a 3x3, stride 2, padding 1 convolution 16 -> 16 on a size x size map: the entry of the flat kernel
+    (o, c, i, j) that each entry of its dense matrix [(y, x, c), (Y, X, o)] holds (16*16*9: a zero)."""
+    out = size // 2
+    index = torch.full((size, size, 16, out, out, 16), 16 * 16 * 9, dtype=torch.long)
+    o, c = torch.arange(16)[None, :], torch.arange(16)[:, None]
+    for y in range(size):
+        for x in range(size):
+            for oy in range(out):
+                for ox in range(out):
+                    i, j = y - 2 * oy + 1, x - 2 * ox + 1
+                    if 0 <= i < 3 and 0 <= j < 3:
+                        index[y, x, :, oy, ox, :] = ((o * 16 + c) * 3 + i) * 3 + j
+    return index.reshape(-1)
+
+
+def dense(params: dict, x: torch.Tensor) -> torch.Tensor:
+    s, b = x.shape[:2]
+    images = F.pad(x, (1, 1, 1, 1)).unfold(2, 3, 2).unfold(3, 3, 2).reshape(s, b * 16, 9)  # no gradient
+    w = params["conv1.weight"].reshape(s, 16, 9).transpose(1, 2)
+    h = torch.relu(torch.baddbmm(params["conv1.bias"].unsqueeze(1), images, w)).view(s, b, 256)  # (y, x, c)
+    for name, size in (("conv2", 4), ("conv3", 2)):
+        out = size // 2
+        kernel = params[f"{name}.weight"].reshape(s, -1)
+        matrix = torch.cat([kernel, kernel.new_zeros(s, 1)], 1)[:, _dense_index(size)]
+        bias = params[f"{name}.bias"].repeat(1, out * out).unsqueeze(1)
+        h = torch.relu(torch.baddbmm(bias, h, matrix.view(s, size * size * 16, out * out * 16)))
+    return h.reshape(s, b, 16)
+
+
+FORMULATIONS = {"grouped": grouped, "unfold": unfold, "taps": taps, "dense": dense}
 
 
 def stacked_params(s: int, dtype, generator) -> dict:
@@ -94,7 +126,7 @@ def check(s: int, b: int) -> float:
         out.square().sum().backward()
         results[name] = [out.detach()] + [params[k].grad for k in sorted(params)]
     worst = 0.0
-    for name in ("unfold", "taps"):
+    for name in ("unfold", "taps", "dense"):
         for a, c in zip(results["grouped"], results[name]):
             worst = max(worst, float((a - c).abs().max() / a.abs().max().clamp(min=1e-30)))
     if worst > 1e-10:
@@ -113,6 +145,19 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(samples)
 
 
+def timed_in_turn(fns: dict, repeat: int) -> dict[str, float]:
+    """Median seconds of each function, run in turn (one call of each per round), so that a change in the
+    machine's load hits all of them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for k in range(repeat + 3):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            if k >= 3:
+                samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--block", type=int, default=128, help="networks per block (S)")
@@ -122,14 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     s, b = args.block, args.batch
     worst = check(4, 8)
-    print(f"float64 check: outputs and gradients of unfold and taps within {worst:.1e} of grouped")
+    print(f"float64 check: outputs and gradients of unfold, taps and dense within {worst:.1e} of grouped")
 
     g = torch.Generator().manual_seed(1)
     params = {k: v.requires_grad_(True) for k, v in stacked_params(s, torch.float32, g).items()}
     x = torch.randn(s, b, 8, 8, generator=g)
-    rows = []
-    for name, f in FORMULATIONS.items():
-        rows.append((f"convs fwd+bwd, {name}", timed(lambda f=f: f(params, x).square().sum().backward(), args.repeat)))
+    steps = {name: (lambda f=f: f(params, x).square().sum().backward()) for name, f in FORMULATIONS.items()}
+    rows = [(f"convs fwd+bwd, {name}", seconds) for name, seconds in timed_in_turn(steps, args.repeat).items()]
 
     from zoo_ingest.generators.batched import _dropout, _Net
     from zoo_ingest.generators.batched_optim import BatchedOptimizer
@@ -167,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in rows:
         print(f"{name:44s} {seconds * 1e3:8.2f} {seconds / s * 1e6:17.1f} {seconds / base:11.2f}")
     print(f"{'per-network path: one step of one network':44s} {per_network * 1e3:8.2f} {per_network * 1e6:17.1f}")
-    step = base + rows[3][1] + rows[4][1]
+    step = base + rows[-2][1] + rows[-1][1]
     print(f"batched step (grouped convs + dropout + optimiser, a lower bound): {step / s * 1e6:.1f} us per "
           f"network; the per-network step is {per_network / (step / s):.1f}x that")
     return 0
