@@ -2,6 +2,7 @@
 
     python bench/train.py --table zoo_store/tables/digits-cnn [--model monomial_nfn] [--epochs 3]
                           [--cache auto|always|never] [--compile] [--workers 1,2] [--prefetch 0,2]
+                          [--set KEY=VALUE ...]
 
 Runs `training.main` once per worker count and `data.prefetch` value in this process (1 worker, then 2;
 for each, the prefetch values in the order given), MLflow off, a checkpoint every epoch (all kept, so every
@@ -23,7 +24,7 @@ import time
 
 
 def run(table: str, model: str, hidden: int, workers: int, epochs: int, batch: int, activation: str | None,
-        cache: str, compile_model: bool = False, prefetch: int = 2):
+        cache: str, compile_model: bool = False, prefetch: int = 2, extra: tuple[str, ...] = ()):
     from training import load_config, main
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -35,6 +36,7 @@ def run(table: str, model: str, hidden: int, workers: int, epochs: int, batch: i
         ]
         if activation:
             overrides.append(f"data.activation={activation}")
+        overrides += list(extra)
         start = time.time()
         result = main(load_config(None, overrides))
     metrics = dict(result.metrics)
@@ -46,6 +48,7 @@ def run(table: str, model: str, hidden: int, workers: int, epochs: int, batch: i
     steady = history[1:] or history  # the epochs after the first read of the split
     metrics["steady_networks_per_s"] = statistics.median(m["train_networks_per_s"] for m in steady)
     metrics["steady_data_wait"] = statistics.median(m["data_wait_fraction"] for m in steady)
+    metrics["epoch_data_waits"] = [m["data_wait_fraction"] for m in history]
     return metrics
 
 
@@ -64,23 +67,28 @@ def main() -> None:
     parser.add_argument("--prefetch", default="2",
                         help="comma-separated data.prefetch values (0: inline), run in this order for each worker "
                              "count; a value may repeat (0,2,0,2), its runs' medians are compared")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further training override, e.g. --set data.train_networks=2400 (repeatable)")
     args = parser.parse_args()
     prefetches = [int(p) for p in args.prefetch.split(",")]
     rows = []
     for workers in [int(w) for w in args.workers.split(",")]:
         for prefetch in prefetches:
             m = run(args.table, args.model, args.hidden, workers, args.epochs, args.batch_size, args.activation,
-                    args.cache, args.compile, prefetch)
+                    args.cache, args.compile, prefetch, tuple(args.set))
             rows.append((workers, prefetch, m["steady_networks_per_s"], m["steady_data_wait"],
-                         m["first_epoch_data_wait"], m["first_step_s"], m.get("worker_first_step_s", float("nan"))))
+                         m["first_epoch_data_wait"], m["first_step_s"], m.get("worker_first_step_s", float("nan")),
+                         m["epoch_data_waits"]))
     print(f"{args.model} (hidden {args.hidden}), batch {args.batch_size} per worker, {args.epochs} epochs, "
           f"data.cache={args.cache}, model.compile={str(args.compile).lower()}; networks/s and data wait: "
           f"median of the epochs after the first")
     print(f"{'workers':>8}{'prefetch':>9}{'networks/s':>12}{'data wait':>11}{'1st epoch':>11}{'first step s':>14}"
           f"{'in worker s':>13}")
-    for w, p, rate, wait, first_wait, first, in_worker in rows:
+    for w, p, rate, wait, first_wait, first, in_worker, _ in rows:
         print(f"{w:>8}{p:>9}{rate:>12.1f}{wait * 100:>10.1f}%{first_wait * 100:>10.1f}%{first:>14.1f}"
               f"{in_worker:>13.1f}")
+    for w, p, *_, waits in rows:  # a median can hide slow epochs (e.g. every other one)
+        print(f"data wait by epoch, {w} worker(s), prefetch {p}: " + " ".join(f"{x * 100:.1f}%" for x in waits))
 
     def median(w, p, k):
         return statistics.median(r[k] for r in rows if r[0] == w and r[1] == p)
@@ -99,8 +107,9 @@ def main() -> None:
     if len(counts) > 1:
         print(f"speed-up {counts[1]} workers / {counts[0]} worker(s) (prefetch {last}): "
               f"{median(counts[1], last, 2) / median(counts[0], last, 2):.2f}")
-    print(f"data-wait fraction (goal < 10%) with prefetch {last}: "
-          f"{max(r[3] for r in rows if r[1] == last) * 100:.1f}% at most")
+    print(f"data-wait fraction (goal < 10%) with prefetch {last}: median "
+          f"{max(r[3] for r in rows if r[1] == last) * 100:.1f}% at most; slowest epoch after the first "
+          f"{max(max(r[7][1:] or r[7]) for r in rows if r[1] == last) * 100:.1f}%")
     print("time to the first step (the first run includes Ray's start): "
           + ", ".join(f"{r[0]} worker(s) prefetch {r[1]} {r[5]:.1f} s" for r in rows))
 
