@@ -39,12 +39,22 @@ def start_run(cfg: TrainConfig, tracking_uri: str, experiment: str, run_name: st
         **cfg.mlflow.tags,  # a benchmark's child runs: metazoo.family, metazoo.seed
         **({"mlflow.parentRunId": cfg.mlflow.parent_run_id} if cfg.mlflow.parent_run_id else {}),
     })
+    try:  # a run that cannot be set up is not left RUNNING
+        _log_setup(client, run.info.run_id, cfg, arch_id)
+    except BaseException as exc:
+        client.set_terminated(run.info.run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    return run.info.run_id
+
+
+def _log_setup(client, run_id: str, cfg: TrainConfig, arch_id: str) -> None:
+    """The run's parameters and its dataset inputs (the training rows it reads, the validation split)."""
     params = flatten_params(cfg.model_dump(mode="json"))
     from mlflow.entities import Param
 
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 90):
-        client.log_batch(run.info.run_id, params=items[i : i + 90])
+        client.log_batch(run_id, params=items[i : i + 90])
     from zoo_ingest import open_table
 
     table = open_table(cfg.data.table)
@@ -53,9 +63,8 @@ def start_run(cfg: TrainConfig, tracking_uri: str, experiment: str, run_name: st
         from training.driver import train_subset
 
         subset = train_subset(table, arch_id, cfg)
-    log_table_input(client, run.info.run_id, table, cfg.data.train_split, arch_id, "training", subset)
-    log_table_input(client, run.info.run_id, table, cfg.data.val_split, arch_id, "validation")
-    return run.info.run_id
+    log_table_input(client, run_id, table, cfg.data.train_split, arch_id, "training", subset)
+    log_table_input(client, run_id, table, cfg.data.val_split, arch_id, "validation")
 
 
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:

@@ -133,3 +133,29 @@ def test_other_errors_of_logging_a_dataset_are_not_retried(tables):
     with pytest.raises(MlflowException, match="not found"):
         log_table_input(client, "r1", table, split, arch)
     assert client.calls == 1
+
+
+def test_a_run_whose_set_up_fails_is_not_left_running(tables, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from training import load_config, registry
+
+    table = tables["a"]
+    (arch,) = table.archs
+    (split,) = table.splits
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, [f"data.table={table.uri}", "model.name=statnet", f"data.train_split={split}",
+                             f"data.val_split={split}"])
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("the tracking store refused the dataset")
+
+    monkeypatch.setattr(registry, "log_table_input", refuse)
+    with pytest.raises(MlflowException, match="refused the dataset"):
+        registry.start_run(cfg, uri, "e", "r", SimpleNamespace(activation="relu"), arch)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert run.info.run_name == "r" and run.info.status == "FAILED"
