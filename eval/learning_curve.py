@@ -10,6 +10,7 @@ and 95% Student-t interval (a single seed has no interval), with the seeds' valu
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from eval.benchmark_report import CLEAN, _num
@@ -86,7 +87,7 @@ def plot(curves_: dict[str, list[dict]], metric: str, path: Path, title: str, co
     ax.set_xscale("log")
     ax.set_xlabel("training networks (all their checkpoints); validation and test splits fixed")
     ax.set_ylabel(f"test {metric.replace('_', ' ')} ({condition})")
-    ax.set_title(f"{title}\nmean and 95% interval over seeds; dots: single seeds", fontsize=9)
+    ax.set_title(textwrap.fill(title, 80) + "\nmean and 95% interval over seeds; dots: single seeds", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
