@@ -160,63 +160,68 @@ def main(cfg: TrainConfig) -> TrainResult:
     run_name = cfg.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     experiment = experiment_name(cfg, zoo)
     run_id = registry.start_run(cfg, tracking_uri, experiment, run_name, spec, arch_id) if tracking_uri else None
-    storage, storage_fs = _run_storage(cfg.checkpoint.storage_path)
-    marker = None
-    if cfg.fault.fail_at_epoch is not None:  # the marker must outlive the worker it kills: a local file
-        marker_dir = Path(storage) if storage_fs is None else Path(".metazoo") / "faults"
-        marker = str((marker_dir / run_name / "fault_injected").resolve())
-        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+    try:  # a run that fails before training starts is ended, not left RUNNING
+        storage, storage_fs = _run_storage(cfg.checkpoint.storage_path)
+        marker = None
+        if cfg.fault.fail_at_epoch is not None:  # the marker must outlive the worker it kills: a local file
+            marker_dir = Path(storage) if storage_fs is None else Path(".metazoo") / "faults"
+            marker = str((marker_dir / run_name / "fault_injected").resolve())
+            Path(marker).parent.mkdir(parents=True, exist_ok=True)
 
-    filters = dict(arch=arch_id, steps=cfg.data.steps, where=target_filter(cfg.data.target))
-    columns = list(spec.keys) + [cfg.data.target]
-    import ray.data
+        filters = dict(arch=arch_id, steps=cfg.data.steps, where=target_filter(cfg.data.target))
+        columns = list(spec.keys) + [cfg.data.target]
+        import ray.data
 
-    data_ctx = ray.data.DataContext.get_current()
-    data_ctx.enable_progress_bars = False  # one progress bar (rank 0's), not one per operator
-    data_ctx.print_on_execution_start = False
-    # rank 0 reads the (small) validation split straight from the table; training rows stream via Ray Data
-    model_ids = train_subset(table, arch_id, cfg) if cfg.data.train_networks is not None else None
-    train = table.to_ray_dataset(split=cfg.data.train_split, columns=columns, model_ids=model_ids, **filters)
-    if cache_training_split(cfg, spec, rows[cfg.data.train_split],
-                            ray.cluster_resources().get("object_store_memory", 0)):
-        train = train.materialize()
-    datasets = {"train": train}
-    card = make_card(cfg.model.name, dict(cfg.model.kwargs, out_dim=out_dim), spec, task=cfg.task.kind,
-                     loss=cfg.task.loss, target=cfg.data.target, zoo=zoo, table=cfg.data.table)
-    primary = f"val_{PRIMARY_METRIC[cfg.task.kind]}"
-    from training.progress import ProgressRelay
+        data_ctx = ray.data.DataContext.get_current()
+        data_ctx.enable_progress_bars = False  # one progress bar (rank 0's), not one per operator
+        data_ctx.print_on_execution_start = False
+        # rank 0 reads the (small) validation split straight from the table; training rows stream via Ray Data
+        model_ids = train_subset(table, arch_id, cfg) if cfg.data.train_networks is not None else None
+        train = table.to_ray_dataset(split=cfg.data.train_split, columns=columns, model_ids=model_ids, **filters)
+        if cache_training_split(cfg, spec, rows[cfg.data.train_split],
+                                ray.cluster_resources().get("object_store_memory", 0)):
+            train = train.materialize()
+        datasets = {"train": train}
+        card = make_card(cfg.model.name, dict(cfg.model.kwargs, out_dim=out_dim), spec, task=cfg.task.kind,
+                         loss=cfg.task.loss, target=cfg.data.target, zoo=zoo, table=cfg.data.table)
+        primary = f"val_{PRIMARY_METRIC[cfg.task.kind]}"
+        from training.progress import ProgressRelay
 
-    relay = ProgressRelay()  # rank 0's bar and epoch lines, drawn here (workers' output goes to the log)
-    trainer = TorchTrainer(
-        _worker_entry,
-        train_loop_config={
-            "cfg": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "out_dim": out_dim, "card": card,
-            "train_rows_per_worker": rows[cfg.data.train_split] // cfg.scaling.num_workers,
-            "tracking_uri": tracking_uri, "run_id": run_id, "fault_marker": marker, "arch_id": arch_id,
-            "progress": relay.sink,
-        },
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker=_resources(cfg),
-        ),
-        run_config=RunConfig(
-            name=run_name, storage_path=str(storage), storage_filesystem=storage_fs,
-            failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.checkpoint.num_to_keep, checkpoint_score_attribute=primary,
-                checkpoint_score_order="max",
+        relay = ProgressRelay()  # rank 0's bar and epoch lines, drawn here (workers' output goes to the log)
+        trainer = TorchTrainer(
+            _worker_entry,
+            train_loop_config={
+                "cfg": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "out_dim": out_dim, "card": card,
+                "train_rows_per_worker": rows[cfg.data.train_split] // cfg.scaling.num_workers,
+                "tracking_uri": tracking_uri, "run_id": run_id, "fault_marker": marker, "arch_id": arch_id,
+                "progress": relay.sink,
+            },
+            torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                resources_per_worker=_resources(cfg),
             ),
-        ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], enable_shard_locality=False),
-    )
+            run_config=RunConfig(
+                name=run_name, storage_path=str(storage), storage_filesystem=storage_fs,
+                failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=cfg.checkpoint.num_to_keep, checkpoint_score_attribute=primary,
+                    checkpoint_score_order="max",
+                ),
+            ),
+            datasets=datasets,
+            dataset_config=ray.train.DataConfig(datasets_to_split=["train"], enable_shard_locality=False),
+        )
+    except BaseException as exc:
+        if run_id:
+            registry.end_run(tracking_uri, run_id, _failed_status(exc))
+        raise
     try:
         with relay:
             result = trainer.fit()
-    except BaseException:
+    except BaseException as exc:
         if run_id:
-            registry.end_run(tracking_uri, run_id, "FAILED")
+            registry.end_run(tracking_uri, run_id, _failed_status(exc))
         raise
     best = _best_checkpoint(result, primary)
     final_metrics = dict(result.metrics or {})
@@ -235,9 +240,9 @@ def main(cfg: TrainConfig) -> TrainResult:
                 registry.finish_run(cfg, tracking_uri, run_id, experiment, local, final_metrics, out)
         elif run_id:
             registry.end_run(tracking_uri, run_id, "FINISHED")
-    except BaseException:
+    except BaseException as exc:
         if run_id:
-            registry.end_run(tracking_uri, run_id, "FAILED")
+            registry.end_run(tracking_uri, run_id, _failed_status(exc))
         raise
     finally:
         if scratch is not None:
@@ -289,6 +294,10 @@ def _resources(cfg: TrainConfig) -> dict:
     if cfg.scaling.use_gpu:
         res["GPU"] = cfg.scaling.gpus_per_worker
     return res
+
+
+def _failed_status(exc: BaseException) -> str:
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
 
 
 def cache_training_split(cfg: TrainConfig, spec, rows: int, object_store_bytes: float) -> bool:

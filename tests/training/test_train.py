@@ -154,3 +154,20 @@ def test_best_model_path_points_into_the_checkpoint_storage(tmp_path):
     local = load_config(None, ["data.table=t", "model.name=monomial_nfn", f"checkpoint.storage_path={tmp_path}"])
     assert _durable_metanet_path(local, best, tmp_path / "ck") == str(tmp_path / "ck" / "metanet")
 
+
+
+def test_a_run_that_fails_before_training_starts_is_ended_failed(digits_cnn_table, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from training import driver
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("dataset set-up failed")
+
+    monkeypatch.setattr(driver, "cache_training_split", broken)  # runs after the MLflow run is created
+    cfg = _cfg(digits_cnn_table, tmp_path, "scaling.num_workers=1")
+    with pytest.raises(RuntimeError, match="dataset set-up failed"):
+        main(cfg)
+    client = MlflowClient(cfg.tracking_uri())
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]
