@@ -75,7 +75,7 @@ def _check_architectures(cfg: BenchmarkConfig, trial_cfgs: dict) -> str:
 
     zoo = None
     for family in cfg.families:
-        tcfg = trial_cfgs[(family.label, cfg.seeds[0])]
+        tcfg = trial_cfgs[(family.label, cfg.family_seeds(family)[0])]
         try:
             table, *_ = prepare(tcfg)
         except ConfigError as exc:
@@ -100,7 +100,7 @@ def main(cfg: BenchmarkConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     check_services(cfg)
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
-    trial_cfgs = {(f.label, s): cfg.trial_config(f, s) for f in cfg.families for s in cfg.seeds}
+    trial_cfgs = {(f.label, s): cfg.trial_config(f, s) for f in cfg.families for s in cfg.family_seeds(f)}
     ensure_ray()
     check_resources(cfg)
     table_fp = _table(cfg, progress)
@@ -112,7 +112,11 @@ def main(cfg: BenchmarkConfig, progress: bool = True) -> dict:
     keys = {pair: trial_key(table_fp, tcfg, eval_settings) for pair, tcfg in trial_cfgs.items()}
     done = {k for k, r in read_records(trials_loc, keys.values()).items() if r.get("status") == "ok"}
     pending = [pair for pair, k in keys.items() if k not in done]
-    print(f"\nbenchmark: {len(cfg.families)} families x {len(cfg.seeds)} seeds = {len(keys)} trials; "
+    if all(f.seeds is None for f in cfg.families):
+        shape = f"{len(cfg.families)} families x {len(cfg.seeds)} seeds"
+    else:  # some families run their own seeds
+        shape = f"{len(cfg.families)} families, seeds {cfg.all_seeds()} (set per family)"
+    print(f"\nbenchmark: {shape} = {len(keys)} trials; "
           f"{len(keys) - len(pending)} already complete, {len(pending)} to run, at most "
           f"{cfg.trials.max_concurrent} at once", flush=True)
 

@@ -15,19 +15,41 @@ class TrialResources(Strict):
     gpus_per_worker: float = Field(0.0, ge=0, description="> 0 trains on GPUs (NCCL)")
 
 
+def _check_seeds(v: list[int]) -> list[int]:
+    if not v:
+        raise ValueError("name at least one seed, e.g. seeds: [0, 1, 2, 3, 4]")
+    repeated = sorted({s for s in v if v.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds must be distinct; repeated: {repeated}")
+    return v
+
+
+class BenchmarkFamily(Family):
+    seeds: list[int] | None = Field(None, description="this family's seeds instead of the benchmark's `seeds`: "
+                                                       "more seeds where trials are cheap, fewer where not")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v):
+        return v if v is None else _check_seeds(v)
+
+
 class BenchmarkConfig(PipelineConfig):
+    families: list[BenchmarkFamily]
     seeds: list[int] = Field(description="one trial per family and seed; the seed is the training seed")
     trials: TrialResources = Field(default_factory=TrialResources)
 
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, v):
-        if not v:
-            raise ValueError("name at least one seed, e.g. seeds: [0, 1, 2, 3, 4]")
-        repeated = sorted({s for s in v if v.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seeds must be distinct; repeated: {repeated}")
-        return v
+        return _check_seeds(v)
+
+    def family_seeds(self, family: BenchmarkFamily) -> list[int]:
+        return family.seeds if family.seeds is not None else self.seeds
+
+    def all_seeds(self) -> list[int]:
+        """Every seed some family runs, sorted."""
+        return sorted({s for f in self.families for s in self.family_seeds(f)})
 
     def trial_config(self, family: Family, seed: int) -> TrainConfig:
         """One trial's training config: the family's (`train` section) with this seed, the trial's

@@ -33,7 +33,7 @@ def parent_run(cfg, first_trial_cfg, zoo: str, tracking_uri: str, folder) -> dic
     run = client.create_run(exp_id, run_name=f"benchmark-{cfg.folder}-{time.strftime('%Y%m%d-%H%M%S')}", tags={
         "metazoo.kind": "benchmark", "metazoo.zoo": zoo, "metazoo.table": cfg.table_uri(),
         "metazoo.families": ",".join(f.label for f in cfg.families),
-        "metazoo.seeds": ",".join(str(s) for s in cfg.seeds)})
+        "metazoo.seeds": ",".join(str(s) for s in cfg.all_seeds())})
     saved = {"run_id": run.info.run_id, "experiment": experiment, "tracking_uri": tracking_uri}
     folder.write_bytes(PARENT_FILE, json.dumps(saved, indent=1).encode())
     return {"run_id": run.info.run_id, "experiment": experiment}

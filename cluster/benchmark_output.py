@@ -67,9 +67,9 @@ def write_report(cfg, records: list[dict], parent: dict | None, tracking_uri: st
 
     out.mkdir(parents=True, exist_ok=True)
     families = [{"label": f.label, "model": f.model} for f in cfg.families]
-    summary = summarize_benchmark(records, families, cfg.seeds)
+    summary = summarize_benchmark(records, families, cfg.all_seeds())
     summary["wall_s_total"] = seconds
-    title = f"{cfg.zoo.name} ({cfg.folder}): benchmark over {len(cfg.seeds)} seeds ({cfg.eval.split} split)"
+    title = f"{cfg.zoo.name} ({cfg.folder}): benchmark over {len(cfg.all_seeds())} seeds ({cfg.eval.split} split)"
     md = out / "summary.md"
     md.write_text(markdown(summary, title))
     js = out / "summary.json"

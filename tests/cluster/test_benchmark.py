@@ -26,7 +26,10 @@ def test_bad_input_is_refused_before_any_trial(ray_local, digits_cnn_table, tmp_
     monkeypatch.chdir(tmp_path)
     for override, key in [("seeds=[]", "seeds"), ("seeds=[0, 1, 0]", "seeds"),
                           ("trials.max_concurrent=0", "trials.max_concurrent"),
-                          ("families=[{label: a, model: statnet}, {label: a, model: hnp}]", "families")]:
+                          ("families=[{label: a, model: statnet}, {label: a, model: hnp}]", "families"),
+                          ("families=[{label: a, model: statnet, seeds: []}]", "families.0.seeds"),
+                          ("families=[{label: a, model: statnet, seeds: [2, 2]}]", "families.0.seeds"),
+                          ("families=[{label: a, model: statnet, seed: [2]}]", "families.0.seed")]:
         with pytest.raises(ConfigError, match=key):
             _cfg(tmp_path, digits_cnn_table, override)
     with pytest.raises(ConfigError, match="trials.workers_per_trial"):
@@ -75,19 +78,21 @@ def test_trials_run_concurrently_rerun_skips_and_failures_are_kept_apart(ray_loc
     for c in children:  # evaluation is logged into the child run
         assert "test_kendall_tau" in c.data.metrics and c.data.metrics["epochs_run"] == 1
 
-    # rerun with a family whose worker dies (fault injection, no restarts): completed trials are skipped,
-    # the failures are reported, the others' results are kept
+    # rerun with a family whose worker dies (fault injection, no restarts) on its own seed 3: completed
+    # trials are skipped, the failure is reported, the others' results are kept
     broken = ("families=[{label: statnet, model: statnet}, {label: monomial_nfn, model: monomial_nfn, "
-              "kwargs: {hidden: 4}}, {label: broken, model: statnet, train: {fault: {fail_at_epoch: 0}, "
+              "kwargs: {hidden: 4}}, {label: broken, model: statnet, seeds: [3], train: {fault: {fail_at_epoch: 0}, "
               "checkpoint: {max_failures: 0}}}]")
     again = main(_cfg(tmp_path, digits_cnn_table, broken), progress=False)
     text = capsys.readouterr().out
-    assert "6 trials; 4 already complete, 2 to run" in text and text.count(": started") == 2
+    assert "3 families, seeds [0, 1, 3] (set per family) = 5 trials; 4 already complete, 1 to run" in text
+    assert text.count(": started") == 1
     by = {(r["family"], r["seed"]): r for r in again["records"]}
+    assert sorted(by) == [("broken", 3), ("monomial_nfn", 0), ("monomial_nfn", 1), ("statnet", 0), ("statnet", 1)]
     assert all(by[(f, s)]["run_id"] == r["run_id"] for r in recs for f, s in [(r["family"], r["seed"])])
-    assert by[("broken", 0)]["status"] == by[("broken", 1)]["status"] == "failed"
-    assert by[("broken", 0)]["error"] and again["report"]["failed"] == 2
-    assert "trial broken seed 0: FAILED after" in text and "- broken seed 1: " in text  # console line, report
+    assert by[("broken", 3)]["status"] == "failed" and by[("broken", 3)]["error"] and again["report"]["failed"] == 1
+    assert "trial broken seed 3: FAILED after" in text and "- broken seed 3: " in text  # console line, report
+    assert again["summary"]["seeds"] == [0, 1, 3]
     assert again["parent_run_id"] == out["parent_run_id"]  # the same benchmark, the same parent run
 
     # a benchmark that stops on an error (here its report step) marks its parent run FAILED, not RUNNING,

@@ -66,6 +66,8 @@ def test_pipeline_bad_input_fails_fast(tmp_path):
         _cfg(tmp_path, "train.optim.lrr=1").train_config(_cfg(tmp_path).families[0])
     with pytest.raises(ConfigError, match="families"):
         _cfg(tmp_path, "families=[]")
+    with pytest.raises(ConfigError, match=r"'families.0.seeds': unknown key"):  # seeds are the benchmark's
+        _cfg(tmp_path, "families=[{label: a, model: statnet, seeds: [1, 2]}]")
     assert time.monotonic() - started < 30
     assert not (tmp_path / "store").exists()
 
