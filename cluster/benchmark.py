@@ -159,7 +159,9 @@ def main(cfg: BenchmarkConfig, progress: bool = True) -> dict:
         if parent:
             from cluster.benchmark_mlflow import end_parent
 
-            end_parent(tracking_uri, parent["run_id"], "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            from training.tracking import ended_status
+
+            end_parent(tracking_uri, parent["run_id"], ended_status(exc))
         raise
     return {"records": out, "summary": report["summary"], "report": report,
             "parent_run_id": parent["run_id"] if parent else None, "table": cfg.table_uri(), "keys": keys}

@@ -29,6 +29,11 @@ def parent_run(cfg, first_trial_cfg, zoo: str, tracking_uri: str, folder) -> dic
                 run = None
             if run is not None and run.info.lifecycle_stage == "active":
                 client.update_run(run.info.run_id, status="RUNNING")
+                # no trial of this benchmark runs yet: a child still RUNNING lost its process earlier
+                stale = end_running_children(client, run, "KILLED")
+                if stale:
+                    print(f"marked {stale} trial run(s) of an earlier, stopped run of this benchmark KILLED",
+                          flush=True)
                 return {"run_id": run.info.run_id, "experiment": saved.get("experiment", experiment)}
     run = client.create_run(exp_id, run_name=f"benchmark-{cfg.folder}-{time.strftime('%Y%m%d-%H%M%S')}", tags={
         "metazoo.kind": "benchmark", "metazoo.zoo": zoo, "metazoo.table": cfg.table_uri(),
@@ -69,14 +74,27 @@ def log_summary(tracking_uri: str, run_id: str, summary: dict, files: list, fail
     client.set_terminated(run_id, status="FINISHED")
 
 
+def end_running_children(client, parent, status: str) -> int:
+    """End the parent's child runs still RUNNING with `status`; returns how many. Ray Tune kills a stopped
+    trial's process, so its training run cannot end itself."""
+    children = client.search_runs([parent.info.experiment_id], max_results=5000, filter_string=(
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'RUNNING'"))
+    for child in children:
+        client.set_terminated(child.info.run_id, status=status)
+    return len(children)
+
+
 def end_parent(tracking_uri: str, run_id: str, status: str) -> None:
-    """Mark the parent run ended (FAILED/KILLED) when the benchmark stops on an error; an MLflow error here is
-    logged, not raised, so the benchmark's own error is the one the user sees."""
+    """Mark the parent run, and its trials' runs still RUNNING, ended (FAILED/KILLED) when the benchmark stops
+    on an error; an MLflow error here is logged, not raised, so the benchmark's own error is the one the
+    user sees."""
     import logging
 
     from mlflow import MlflowClient
 
     try:
-        MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+        client = MlflowClient(tracking_uri)
+        client.set_terminated(run_id, status=status)
+        end_running_children(client, client.get_run(run_id), status)
     except Exception as exc:  # noqa: BLE001 - the original error matters more
         logging.getLogger(__name__).warning("could not mark benchmark run %s %s: %s", run_id, status, exc)

@@ -144,7 +144,7 @@ def main(cfg: TrainConfig) -> TrainResult:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from training import registry
-    from training.tracking import check_tracking_server
+    from training.tracking import check_tracking_server, ended_status
     from zoo_ingest.ray_runtime import ensure_ray
 
     cfg = cfg.model_copy(deep=True)
@@ -214,14 +214,14 @@ def main(cfg: TrainConfig) -> TrainResult:
         )
     except BaseException as exc:
         if run_id:
-            registry.end_run(tracking_uri, run_id, _failed_status(exc))
+            registry.end_run(tracking_uri, run_id, ended_status(exc))
         raise
     try:
         with relay:
             result = trainer.fit()
     except BaseException as exc:
         if run_id:
-            registry.end_run(tracking_uri, run_id, _failed_status(exc))
+            registry.end_run(tracking_uri, run_id, ended_status(exc))
         raise
     best = _best_checkpoint(result, primary)
     final_metrics = dict(result.metrics or {})
@@ -242,7 +242,7 @@ def main(cfg: TrainConfig) -> TrainResult:
             registry.end_run(tracking_uri, run_id, "FINISHED")
     except BaseException as exc:
         if run_id:
-            registry.end_run(tracking_uri, run_id, _failed_status(exc))
+            registry.end_run(tracking_uri, run_id, ended_status(exc))
         raise
     finally:
         if scratch is not None:
@@ -294,10 +294,6 @@ def _resources(cfg: TrainConfig) -> dict:
     if cfg.scaling.use_gpu:
         res["GPU"] = cfg.scaling.gpus_per_worker
     return res
-
-
-def _failed_status(exc: BaseException) -> str:
-    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
 
 
 def cache_training_split(cfg: TrainConfig, spec, rows: int, object_store_bytes: float) -> bool:

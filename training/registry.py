@@ -18,7 +18,7 @@ from training.config import TrainConfig
 from training.metrics import PRIMARY_METRIC, task_metrics
 from training.model_io import FlatInputModel, example_input, load_metanet
 from training.plots import predictions_plot
-from training.tracking import flatten_params, get_or_create_experiment, log_table_input
+from training.tracking import ended_status, flatten_params, get_or_create_experiment, log_table_input
 
 CHAMPION = "champion"
 
@@ -42,7 +42,7 @@ def start_run(cfg: TrainConfig, tracking_uri: str, experiment: str, run_name: st
     try:  # a run that cannot be set up is not left RUNNING
         _log_setup(client, run.info.run_id, cfg, arch_id)
     except BaseException as exc:
-        client.set_terminated(run.info.run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_terminated(run.info.run_id, status=ended_status(exc))
         raise
     return run.info.run_id
 

@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 
+def ended_status(exc: BaseException) -> str:
+    """The MLflow status of a run stopped by `exc`: KILLED on Ctrl-C, else FAILED."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+
+
 class NoTracker:
     run_id: str | None = None
 

@@ -96,18 +96,31 @@ def test_trials_run_concurrently_rerun_skips_and_failures_are_kept_apart(ray_loc
     assert again["parent_run_id"] == out["parent_run_id"]  # the same benchmark, the same parent run
 
     # a benchmark that stops on an error (here its report step) marks its parent run FAILED, not RUNNING,
+    # with the trial runs it leaves RUNNING (Ray Tune kills a stopped trial's process; a stand-in run here),
     # and a rerun reopens the same parent
     import cluster.benchmark_output
 
+    orphans = []
+
+    def orphan():
+        return client.create_run(parent.info.experiment_id, run_name="orphan",
+                                 tags={"mlflow.parentRunId": parent.info.run_id}).info.run_id
+
     def broken_report(*args, **kwargs):
+        orphans.append(orphan())  # a trial run still RUNNING when the benchmark stops
         raise RuntimeError("report step broke")
 
     monkeypatch.setattr(cluster.benchmark_output, "write_report", broken_report)
     with pytest.raises(RuntimeError, match="report step broke"):
         main(_cfg(tmp_path, digits_cnn_table), progress=False)
     assert client.get_run(out["parent_run_id"]).info.status == "FAILED"
+    assert client.get_run(orphans[0]).info.status == "FAILED"
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
+    # a rerun reopens the parent; a trial run an earlier run of it left RUNNING (its process gone) is KILLED
+    orphans.append(orphan())
     assert main(_cfg(tmp_path, digits_cnn_table), progress=False)["parent_run_id"] == out["parent_run_id"]
+    assert "marked 1 trial run(s) of an earlier, stopped run of this benchmark KILLED" in capsys.readouterr().out
     assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+    assert [client.get_run(r).info.status for r in orphans] == ["FAILED", "KILLED"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -38,6 +39,19 @@ def tables(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def store(tables, tmp_path):
+    """Table "a" with its one arch and split, and an experiment in a fresh SQLite tracking store."""
+    from mlflow import MlflowClient
+
+    table = tables["a"]
+    (arch,) = table.archs
+    (split,) = table.splits
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    return SimpleNamespace(table=table, arch=arch, split=split, client=client, exp=exp)
+
+
 def test_digest_follows_the_rows_not_the_files(tables):
     from training.tracking import table_digest
 
@@ -49,16 +63,10 @@ def test_digest_follows_the_rows_not_the_files(tables):
     assert table_digest(c, split, arch) != table_digest(a, split, arch)  # one network fewer
 
 
-def test_training_and_evaluation_runs_link_the_same_dataset(tables, tmp_path):
-    from mlflow import MlflowClient
-
+def test_training_and_evaluation_runs_link_the_same_dataset(store):
     from training.tracking import log_table_input, table_digest
 
-    table = tables["a"]
-    (arch,) = table.archs
-    (split,) = table.splits
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    table, arch, split, client, exp = store.table, store.arch, store.split, store.client, store.exp
     train_run, eval_run = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
     log_table_input(client, train_run, table, split, arch, "training")
     log_table_input(client, eval_run, table, split, arch, "evaluation")
@@ -75,21 +83,16 @@ def test_training_and_evaluation_runs_link_the_same_dataset(tables, tmp_path):
     assert seen[0] == seen[1]
 
 
-def test_two_runs_logging_a_new_dataset_at_once_both_link_it(tables, tmp_path, monkeypatch):
+def test_two_runs_logging_a_new_dataset_at_once_both_link_it(store, monkeypatch):
     """Concurrent trials: run B looks the dataset up before run A's insert commits, then inserts it too and
     the store's unique key refuses it (a real sqlite IntegrityError). Logging again links A's dataset."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from mlflow.store.tracking.dbmodels.models import SqlDataset
     from sqlalchemy.orm import Query
 
     from training import tracking
 
-    table = tables["a"]
-    (arch,) = table.archs
-    (split,) = table.splits
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    table, arch, split, client, exp = store.table, store.arch, store.split, store.client, store.exp
     run_a, run_b = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
     tracking.log_table_input(client, run_a, table, split, arch, "training")
 
@@ -136,8 +139,6 @@ def test_other_errors_of_logging_a_dataset_are_not_retried(tables):
 
 
 def test_a_run_whose_set_up_fails_is_not_left_running(tables, tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
