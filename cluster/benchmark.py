@@ -158,7 +158,6 @@ def main(cfg: BenchmarkConfig, progress: bool = True) -> dict:
     except BaseException as exc:  # the parent run must not stay RUNNING; a rerun reopens it (parent_run)
         if parent:
             from cluster.benchmark_mlflow import end_parent
-
             from training.tracking import ended_status
 
             end_parent(tracking_uri, parent["run_id"], ended_status(exc))
