@@ -25,6 +25,22 @@ def _reference_label(families: list[dict], model: str) -> str | None:
     return next((f["label"] for f in families if f["model"] == model), None)
 
 
+def _reference_pairs(families: list[dict], model: str) -> dict[str, list[str]]:
+    """{reference label: [labels paired against it]} for one reference model. A family of a learning curve
+    (label `name@N`) is paired with the reference model's family of the same size (`...@N`), when there is
+    one; any other family with `_reference_label`'s."""
+    out: dict[str, list[str]] = {}
+    ref = _reference_label(families, model)
+    sized = {f["label"].rpartition("@")[2]: f["label"] for f in families
+             if f["model"] == model and "@" in f["label"]}
+    for f in families:
+        size = f["label"].rpartition("@")[2] if "@" in f["label"] else None
+        mine = sized.get(size) if size is not None else ref
+        if mine is not None and mine != f["label"]:
+            out.setdefault(mine, []).append(f["label"])
+    return out
+
+
 def per_seed(records: list[dict]) -> dict[str, dict[str, dict[int, float]]]:
     """{family: {condition: {seed: test metric}}} over completed trials (CLEAN = no group action)."""
     out: dict = {}
@@ -49,12 +65,14 @@ def summarize_benchmark(records: list[dict], families: list[dict], seeds: list[i
     stats = {f: {c: summarize(list(v.get(c, {}).values())) for c in conditions} for f, v in values.items()}
     refs = {m: _reference_label(families, m) for m in REFERENCES}
     diffs: dict = {}
-    for ref in refs.values():
-        if ref is None or ref not in values:
-            continue
-        diffs[ref] = {f["label"]: {c: paired(values[f["label"]].get(c, {}), values[ref].get(c, {}))
-                                   for c in conditions}
-                      for f in families if f["label"] != ref and f["label"] in values}
+    for model in REFERENCES:
+        for ref, labels in _reference_pairs(families, model).items():
+            if ref not in values:
+                continue
+            rows = {label: {c: paired(values[label].get(c, {}), values[ref].get(c, {})) for c in conditions}
+                    for label in labels if label in values}
+            if rows:
+                diffs[ref] = rows
     info = {}
     for f in families:
         mine = [r for r in ok if r["family"] == f["label"]]

@@ -101,3 +101,23 @@ def test_curves_of_two_benchmarks_and_an_eval_result_make_one_curve(tmp_path, ca
     with pytest.raises(SystemExit):
         learning_curve.main([str(out), "--eval", f"statnet@5{result}"])
     assert "write it as curve@N=" in capsys.readouterr().err
+
+
+def test_each_point_is_paired_with_the_reference_of_its_own_size():
+    families = [{"label": "statnet@100", "model": "statnet"}, {"label": "monomial_nfn@100", "model": "monomial_nfn"},
+                {"label": "statnet@300", "model": "statnet"}, {"label": "monomial_nfn@300", "model": "monomial_nfn"},
+                {"label": "hnp@300", "model": "hnp"}, {"label": "statnet@50", "model": "statnet"}]
+    values = {"statnet@100": [0.50, 0.54, 0.52], "monomial_nfn@100": [0.40, 0.41, 0.45],
+              "statnet@300": [0.60, 0.62, 0.64], "monomial_nfn@300": [0.70], "hnp@300": [0.66, 0.9],
+              "statnet@50": [0.3]}
+    records = [_record(f["label"], f["model"], seed, v) for f in families
+               for seed, v in enumerate(values[f["label"]])]
+    paired = summarize_benchmark(records, families, [0, 1, 2])["paired"]
+    # no reference at 50 networks: statnet@50 is not paired with a reference of another size
+    assert {ref: list(rows) for ref, rows in paired.items()} == {
+        "monomial_nfn@100": ["statnet@100"], "monomial_nfn@300": ["statnet@300", "hnp@300"]}
+    small = paired["monomial_nfn@100"]["statnet@100"]["no action"]  # d = [0.10, 0.13, 0.07]
+    assert small["mean"] == pytest.approx(0.10) and small["n"] == 3 and small["wins"] == 3
+    big = paired["monomial_nfn@300"]["statnet@300"]["no action"]  # the one seed both ran: d = -0.10
+    assert big["seeds"] == [0] and big["mean"] == pytest.approx(-0.10)
+    assert paired["monomial_nfn@300"]["hnp@300"]["no action"]["mean"] == pytest.approx(-0.04)
