@@ -53,6 +53,18 @@ def check_resources(cfg: BenchmarkConfig) -> dict:
     return have
 
 
+def read_share(cfg: BenchmarkConfig, cluster_cpus: float, running: int) -> dict:
+    """The training-data limits of each of `running` trials at once (`train.data` keys): an equal share of
+    the CPUs their workers leave free (at least 1) and of the object store fraction one Ray Data executor
+    takes by default (0.5). Without them, each trial's reads plan for all of it and one trial's stream
+    can starve another's (docs/results.md, "Data wait at the 30,000-network zoo"). {} for one trial."""
+    if running <= 1:
+        return {}
+    t = cfg.trials
+    spare = cluster_cpus - running * t.workers_per_trial * t.cpus_per_worker
+    return {"read_cpus": max(1.0, spare / running), "read_object_store_fraction": 0.5 / running}
+
+
 def _table(cfg: BenchmarkConfig, progress: bool) -> str:
     """The table's fingerprint: an existing complete `table` is used as it is; otherwise generate/ingest."""
     from zoo_ingest import open_table
@@ -91,6 +103,8 @@ def trial_key(table_fp: str, tcfg, eval_settings: dict) -> str:
     train = tcfg.model_dump(mode="json", exclude_defaults=True)
     train.get("mlflow", {}).pop("parent_run_id", None)  # which benchmark run is parent does not change a result
     train.pop("run_name", None)
+    for key in ("read_cpus", "read_object_store_fraction"):  # how reads share the cluster, not what they read
+        train.get("data", {}).pop(key, None)
     return _hash({"table": table_fp, "train": train, "eval": eval_settings})
 
 
@@ -102,7 +116,7 @@ def main(cfg: BenchmarkConfig, progress: bool = True) -> dict:
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
     trial_cfgs = {(f.label, s): cfg.trial_config(f, s) for f in cfg.families for s in cfg.family_seeds(f)}
     ensure_ray()
-    check_resources(cfg)
+    cluster = check_resources(cfg)
     table_fp = _table(cfg, progress)
     zoo = _check_architectures(cfg, trial_cfgs)
 
@@ -127,8 +141,12 @@ def main(cfg: BenchmarkConfig, progress: bool = True) -> dict:
 
         parent = parent_run(cfg, first, zoo, tracking_uri, _location(cfg))
     specs = {}
+    share = read_share(cfg, cluster.get("CPU", 0), min(cfg.trials.max_concurrent, len(pending)))
     for pair in pending:
         tcfg = trial_cfgs[pair].model_copy(deep=True)
+        for key, value in share.items():  # after the trial keys: how the reads share the cluster is not a result
+            if getattr(tcfg.data, key) is None:
+                setattr(tcfg.data, key, value)
         tcfg.data.table = _absolute(tcfg.data.table)
         tcfg.checkpoint.storage_path = _absolute(tcfg.checkpoint.storage_path)
         # the trial's driver runs in Tune's trial folder: a relative (or defaulted) tracking URI would name

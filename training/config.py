@@ -42,6 +42,13 @@ class DataConfig(Strict):
         "auto", description="keep the filtered training split in Ray's object store after the first read "
                             "(it spills to disk when full) instead of reading the Parquet shards every epoch; "
                             "auto: when it takes at most a quarter of the object store")
+    read_cpus: float | None = Field(
+        None, gt=0, description="logical CPUs the training split's reading (Ray Data tasks) may hold at once; "
+                                "None: what the cluster has free. Trials sharing a cluster each get a share "
+                                "(`metazoo benchmark` sets it), so one trial's reads cannot starve another's")
+    read_object_store_fraction: float | None = Field(
+        None, gt=0, le=1, description="fraction of Ray's object store the training split's reading may fill; "
+                                      "None: all of it. Set with read_cpus for trials sharing a cluster")
 
 
 class TaskConfig(Strict):

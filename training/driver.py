@@ -175,6 +175,9 @@ def main(cfg: TrainConfig) -> TrainResult:
         data_ctx = ray.data.DataContext.get_current()
         data_ctx.enable_progress_bars = False  # one progress bar (rank 0's), not one per operator
         data_ctx.print_on_execution_start = False
+        limits = read_limits(cfg, ray.cluster_resources().get("object_store_memory", 0))
+        if limits:  # a trial sharing the cluster: its reads stay within its share
+            data_ctx.execution_options.resource_limits = ray.data.ExecutionResources(**limits)
         # rank 0 reads the (small) validation split straight from the table; training rows stream via Ray Data
         model_ids = train_subset(table, arch_id, cfg) if cfg.data.train_networks is not None else None
         train = table.to_ray_dataset(split=cfg.data.train_split, columns=columns, model_ids=model_ids, **filters)
@@ -294,6 +297,17 @@ def _resources(cfg: TrainConfig) -> dict:
     if cfg.scaling.use_gpu:
         res["GPU"] = cfg.scaling.gpus_per_worker
     return res
+
+
+def read_limits(cfg: TrainConfig, object_store_bytes: float) -> dict:
+    """Ray Data resource limits of the training split's reading (`data.read_cpus`,
+    `data.read_object_store_fraction`), as ExecutionResources keywords; {} when neither is set."""
+    out = {}
+    if cfg.data.read_cpus is not None:
+        out["cpu"] = cfg.data.read_cpus
+    if cfg.data.read_object_store_fraction is not None and object_store_bytes > 0:
+        out["object_store_memory"] = cfg.data.read_object_store_fraction * object_store_bytes
+    return out
 
 
 def cache_training_split(cfg: TrainConfig, spec, rows: int, object_store_bytes: float) -> bool:

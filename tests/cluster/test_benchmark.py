@@ -77,6 +77,8 @@ def test_trials_run_concurrently_rerun_skips_and_failures_are_kept_apart(ray_loc
     assert {c.info.run_id for c in children} == {r["run_id"] for r in recs}
     for c in children:  # evaluation is logged into the child run
         assert "test_kendall_tau" in c.data.metrics and c.data.metrics["epochs_run"] == 1
+        # two trials at once on 4 logical CPUs: each reads with half of the 2 CPUs their workers leave free
+        assert (c.data.params["data.read_cpus"], c.data.params["data.read_object_store_fraction"]) == ("1.0", "0.25")
 
     # rerun with a family whose worker dies (fault injection, no restarts) on its own seed 3: completed
     # trials are skipped, the failure is reported, the others' results are kept

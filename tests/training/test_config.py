@@ -95,3 +95,32 @@ def test_training_split_is_cached_only_when_small_or_asked():
     assert cache_training_split(always, spec, rows=1_000_000, object_store_bytes=1e9)
     with pytest.raises(ConfigError, match="data.cache"):
         load_config(None, ["data.table=t", "model.name=monomial_nfn", "data.cache=sometimes"])
+
+
+def test_read_limits_become_ray_data_resource_limits():
+    from training.driver import read_limits
+
+    base = ["data.table=t", "model.name=statnet"]
+    assert read_limits(load_config(None, base), object_store_bytes=4e9) == {}
+    capped = load_config(None, base + ["data.read_cpus=1.5", "data.read_object_store_fraction=0.25"])
+    assert read_limits(capped, object_store_bytes=4e9) == {"cpu": 1.5, "object_store_memory": 1e9}
+    for bad in ("data.read_cpus=0", "data.read_object_store_fraction=1.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(None, base + [bad])
+
+
+def test_concurrent_benchmark_trials_share_the_reads():
+    from cluster.benchmark import read_share, trial_key
+    from cluster.benchmark_config import BenchmarkConfig
+
+    cfg = BenchmarkConfig.model_validate({"families": [{"label": "s", "model": "statnet"}], "seeds": [0],
+                                          "trials": {"max_concurrent": 2, "workers_per_trial": 1}})
+    # 4 logical CPUs, two 1-CPU trials: the 2 CPUs left and Ray Data's half of the store, split in two
+    assert read_share(cfg, cluster_cpus=4, running=2) == {"read_cpus": 1.0, "read_object_store_fraction": 0.25}
+    assert read_share(cfg, cluster_cpus=2, running=2)["read_cpus"] == 1.0  # never below one task's CPU
+    assert read_share(cfg, cluster_cpus=4, running=1) == {}  # one trial: Ray Data's own defaults
+    # the share does not change a trial's identity: completed trials stay complete
+    tcfg = cfg.trial_config(cfg.families[0], 0)
+    shared = tcfg.model_copy(deep=True)
+    shared.data.read_cpus, shared.data.read_object_store_fraction = 1.0, 0.25
+    assert trial_key("fp", tcfg, {}) == trial_key("fp", shared, {})
