@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := requirements/constraints-cpu.txt
 
-.PHONY: setup quickstart test test-all lint bench clean
+.PHONY: setup quickstart test test-ci test-all lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,9 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-ci: setup
+	$(BIN)/python -m pytest -q -m ci
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''

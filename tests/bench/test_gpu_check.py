@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.ci]  # about 2 minutes: CI runs it after the default suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
