@@ -175,14 +175,13 @@ def main(cfg: TrainConfig) -> TrainResult:
         data_ctx = ray.data.DataContext.get_current()
         data_ctx.enable_progress_bars = False  # one progress bar (rank 0's), not one per operator
         data_ctx.print_on_execution_start = False
-        limits = read_limits(cfg, ray.cluster_resources().get("object_store_memory", 0))
-        if limits:  # a trial sharing the cluster: its reads stay within its share
-            data_ctx.execution_options.resource_limits = ray.data.ExecutionResources(**limits)
+        store_bytes = ray.cluster_resources().get("object_store_memory", 0)
+        # set every time: a process that trains twice must not keep the previous run's caps
+        data_ctx.execution_options.resource_limits = read_limits(cfg, store_bytes)
         # rank 0 reads the (small) validation split straight from the table; training rows stream via Ray Data
         model_ids = train_subset(table, arch_id, cfg) if cfg.data.train_networks is not None else None
         train = table.to_ray_dataset(split=cfg.data.train_split, columns=columns, model_ids=model_ids, **filters)
-        if cache_training_split(cfg, spec, rows[cfg.data.train_split],
-                                ray.cluster_resources().get("object_store_memory", 0)):
+        if cache_training_split(cfg, spec, rows[cfg.data.train_split], store_bytes):
             train = train.materialize()
         datasets = {"train": train}
         card = make_card(cfg.model.name, dict(cfg.model.kwargs, out_dim=out_dim), spec, task=cfg.task.kind,
@@ -299,15 +298,15 @@ def _resources(cfg: TrainConfig) -> dict:
     return res
 
 
-def read_limits(cfg: TrainConfig, object_store_bytes: float) -> dict:
+def read_limits(cfg: TrainConfig, object_store_bytes: float):
     """Ray Data resource limits of the training split's reading (`data.read_cpus`,
-    `data.read_object_store_fraction`), as ExecutionResources keywords; {} when neither is set."""
-    out = {}
-    if cfg.data.read_cpus is not None:
-        out["cpu"] = cfg.data.read_cpus
-    if cfg.data.read_object_store_fraction is not None and object_store_bytes > 0:
-        out["object_store_memory"] = cfg.data.read_object_store_fraction * object_store_bytes
-    return out
+    `data.read_object_store_fraction`); what is not set stays unlimited (Ray Data's own defaults apply)."""
+    from ray.data import ExecutionResources
+
+    fraction = cfg.data.read_object_store_fraction
+    return ExecutionResources.for_limits(  # not ExecutionResources(...): its unset fields mean 0, not no limit
+        cpu=cfg.data.read_cpus,
+        object_store_memory=fraction * object_store_bytes if fraction is not None and object_store_bytes else None)
 
 
 def cache_training_split(cfg: TrainConfig, spec, rows: int, object_store_bytes: float) -> bool:

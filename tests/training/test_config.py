@@ -100,10 +100,15 @@ def test_training_split_is_cached_only_when_small_or_asked():
 def test_read_limits_become_ray_data_resource_limits():
     from training.driver import read_limits
 
+    inf = float("inf")
     base = ["data.table=t", "model.name=statnet"]
-    assert read_limits(load_config(None, base), object_store_bytes=4e9) == {}
-    capped = load_config(None, base + ["data.read_cpus=1.5", "data.read_object_store_fraction=0.25"])
-    assert read_limits(capped, object_store_bytes=4e9) == {"cpu": 1.5, "object_store_memory": 1e9}
+    free = read_limits(load_config(None, base), object_store_bytes=4e9)
+    assert (free.cpu, free.gpu, free.object_store_memory, free.memory) == (inf, inf, inf, inf)  # Ray Data's default
+    capped = read_limits(load_config(None, base + ["data.read_cpus=1.5", "data.read_object_store_fraction=0.25"]),
+                         object_store_bytes=4e9)
+    assert (capped.cpu, capped.gpu, capped.object_store_memory, capped.memory) == (1.5, inf, 1e9, inf)
+    cpus_only = read_limits(load_config(None, base + ["data.read_cpus=1"]), object_store_bytes=4e9)
+    assert (cpus_only.cpu, cpus_only.object_store_memory) == (1, inf)  # the store is not capped to 0
     for bad in ("data.read_cpus=0", "data.read_object_store_fraction=1.5"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(None, base + [bad])
