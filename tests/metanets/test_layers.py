@@ -175,3 +175,28 @@ def test_channel_normalisation_is_scale_invariant_and_differentiable_at_zero(dty
     x = torch.zeros(4, dtype=dtype, requires_grad=True)
     safe_sqrt(x * x).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_channel_normalisation_closed_form_backward_matches_autograd():
+    """The closed-form backward of normalise_channels is the derivative of t / |t| (float64 gradcheck, and
+    equal to autograd through the plain formula, also for a gradient that is a broadcast view as a mean's
+    backward passes it); an all-zero vector gets a zero gradient."""
+    gen = torch.Generator().manual_seed(1)
+    t = torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64)
+    assert torch.autograd.gradcheck(normalise_channels, (t.clone().requires_grad_(True),))
+    t[1, :, 0, 1] *= 1e-30  # tiny but normal: rescaled, not flushed (too small for finite differences)
+    leaf = t.clone().requires_grad_(True)
+    plain = t.clone().requires_grad_(True)
+    torch.testing.assert_close(normalise_channels(leaf), plain / plain.norm(dim=1, keepdim=True), rtol=1e-14, atol=0)
+    weight = torch.randn(1, 5, 1, 1, generator=gen, dtype=torch.float64)
+    (normalise_channels(leaf).mean(dim=(2, 3)) * weight[:, :, 0, 0]).sum().backward()
+    ((plain / plain.norm(dim=1, keepdim=True)).mean(dim=(2, 3)) * weight[:, :, 0, 0]).sum().backward()
+    torch.testing.assert_close(leaf.grad, plain.grad, rtol=1e-12, atol=0)
+    zero = torch.zeros(1, 5, 2, dtype=torch.float64, requires_grad=True)
+    out = normalise_channels(zero)
+    (out * torch.randn(out.shape, generator=gen, dtype=torch.float64)).sum().backward()
+    assert (out == 0).all() and (zero.grad == 0).all()
+    with pytest.raises(RuntimeError):  # the backward is closed-form, not differentiable twice
+        grad = torch.autograd.grad(normalise_channels(leaf).sum(dim=(2, 3))[0, 0], leaf, create_graph=True)[0]
+        grad.sum().backward()
+
