@@ -106,15 +106,32 @@ def unflat_kernel(x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
     return x.reshape(B, -1, *kernel, n, m).movedim((-2, -1), (2, 3))
 
 
+def in_memory_order(fn, t: torch.Tensor) -> torch.Tensor:
+    """`fn(t)` for an elementwise `fn`, computed on `t` permuted to its memory order and permuted back.
+
+    The channel maps leave their outputs channel-last in memory behind a channel-first view
+    (`ChannelLinear`). Eager elementwise ops keep such strides anyway; TorchInductor instead lays its
+    outputs out in the logical order, so it would transpose every activation twice (once to the logical
+    order, once back for the next matrix product), with a scalar gather. On the permuted, contiguous view
+    both agree. Strides are read at trace time (shapes are static per compiled graph).
+    """
+    order = sorted(range(t.ndim), key=t.stride, reverse=True)  # stable: equal strides keep their order
+    if order == list(range(t.ndim)):
+        return fn(t)
+    inverse = sorted(range(t.ndim), key=order.__getitem__)
+    return fn(t.permute(order)).permute(inverse)
+
+
 class WSActivation(nn.Module):
-    """An elementwise nonlinearity applied to every tensor of a weight space."""
+    """An elementwise nonlinearity applied to every tensor of a weight space, in each tensor's memory order
+    (`in_memory_order`)."""
 
     def __init__(self, fn: str = "relu"):
         super().__init__()
         self.fn = {"relu": torch.relu, "tanh": torch.tanh, "identity": lambda t: t}[fn]
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
-        return ws.map(self.fn)
+        return ws.map(lambda t: in_memory_order(self.fn, t))
 
 
 def mlp(d_in: int, hidden: int, d_out: int, depth: int = 2) -> nn.Sequential:

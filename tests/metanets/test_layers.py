@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from metanets import NetworkSpec, WeightSpace, symmetry
-from metanets.layers.common import normalise_channels, safe_sqrt
+from metanets.layers.common import in_memory_order, normalise_channels, safe_sqrt
 from metanets.layers.monomial import MonomialLinear
 from metanets.layers.np_layers import NPLinear
 from metanets.layers.quasi import QuasiScale
@@ -200,3 +200,15 @@ def test_channel_normalisation_closed_form_backward_matches_autograd():
         grad = torch.autograd.grad(normalise_channels(leaf).sum(dim=(2, 3))[0, 0], leaf, create_graph=True)[0]
         grad.sum().backward()
 
+
+def test_activation_runs_in_memory_order_and_keeps_the_layout():
+    """WSActivation applies its function on each tensor's memory order: the values are the plain
+    function's and a channel-last tensor behind a channel-first view (a ChannelLinear output) stays so."""
+    gen = torch.Generator().manual_seed(0)
+    phys = torch.randn(2, 4, 5, 3 * 6, generator=gen, dtype=torch.float64)  # (B, n, m, C*s) in memory
+    t = phys.movedim(-1, 1).reshape(2, 3, 6, 4, 5).movedim(2, -1)  # logical (B, C, n, m, s)
+    assert not t.is_contiguous()
+    out = in_memory_order(torch.tanh, t)
+    assert torch.equal(out, torch.tanh(t)) and out.stride() == t.stride()
+    contiguous = t.contiguous()
+    assert in_memory_order(torch.relu, contiguous).stride() == contiguous.stride()
