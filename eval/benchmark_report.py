@@ -63,7 +63,12 @@ def summarize_benchmark(records: list[dict], families: list[dict], seeds: list[i
     metric = ok[0]["result"]["metric"] if ok else None
     conditions = [CLEAN] + ([c for c in ok[0]["result"]["robustness"]] if ok else [])
     stats = {f: {c: summarize(list(v.get(c, {}).values())) for c in conditions} for f, v in values.items()}
-    refs = {m: _reference_label(families, m) for m in REFERENCES}
+    # {model: the families that others are paired against}: one, or one per size for a learning curve
+    refs = {}
+    for model in REFERENCES:
+        used = list(_reference_pairs(families, model)) or [_reference_label(families, model)]
+        if used != [None]:
+            refs[model] = used
     diffs: dict = {}
     for model in REFERENCES:
         for ref, labels in _reference_pairs(families, model).items():
@@ -91,7 +96,7 @@ def summarize_benchmark(records: list[dict], families: list[dict], seeds: list[i
     n_test = ok[0]["result"]["n"] if ok else None
     return {"metric": metric, "level": LEVEL, "seeds": list(seeds), "conditions": conditions,
             "families": [f["label"] for f in families], "n_test": n_test, "stats": stats,
-            "references": {m: r for m, r in refs.items() if r is not None}, "paired": diffs, "info": info,
+            "references": refs, "paired": diffs, "info": info,
             "values": values, "failures": failures}
 
 

@@ -60,7 +60,7 @@ def test_trials_run_concurrently_rerun_skips_and_failures_are_kept_apart(ray_loc
     report = Path(out["report"]["markdown"])
     assert report.read_text().startswith("# digits-cnn") and (report.parent / "metric_vs_scale.png").exists()
     summary = json.loads((report.parent / "summary.json").read_text())["summary"]
-    assert summary["references"] == {"monomial_nfn": "monomial_nfn"}
+    assert summary["references"] == {"monomial_nfn": ["monomial_nfn"]}
     assert summary["stats"]["statnet"]["no action"]["n"] == 2
 
     # MLflow: one parent run holding the report; every trial's run is its child, tagged family and seed

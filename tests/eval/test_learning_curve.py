@@ -112,7 +112,9 @@ def test_each_point_is_paired_with_the_reference_of_its_own_size():
               "statnet@50": [0.3]}
     records = [_record(f["label"], f["model"], seed, v) for f in families
                for seed, v in enumerate(values[f["label"]])]
-    paired = summarize_benchmark(records, families, [0, 1, 2])["paired"]
+    summary = summarize_benchmark(records, families, [0, 1, 2])
+    paired = summary["paired"]
+    assert summary["references"] == {"monomial_nfn": ["monomial_nfn@100", "monomial_nfn@300"]}
     # no reference at 50 networks: statnet@50 is not paired with a reference of another size
     assert {ref: list(rows) for ref, rows in paired.items()} == {
         "monomial_nfn@100": ["statnet@100"], "monomial_nfn@300": ["statnet@300", "hnp@300"]}

@@ -66,7 +66,7 @@ def test_benchmark_summary_and_report(tmp_path):
         _record("statnet", "statnet", 2, 0.63, 0.09), _record("statnet", "statnet", 3, 0.0, 0.0, status="failed"),
     ]
     s = summarize_benchmark(records, families, [0, 1, 2, 3])
-    assert s["conditions"] == ["no action", "U[1,10^3]"] and s["references"] == {"monomial_nfn": "monomial_nfn"}
+    assert s["conditions"] == ["no action", "U[1,10^3]"] and s["references"] == {"monomial_nfn": ["monomial_nfn"]}
     assert s["stats"]["statnet"]["no action"]["mean"] == pytest.approx((0.61 + 0.60 + 0.63) / 3)
     assert s["info"]["statnet"]["audit_max"] == 3.0 and s["info"]["statnet"]["seeds_failed"] == [3]
     assert s["info"]["monomial_nfn"]["wall_s"]["mean"] == pytest.approx(11.0)
