@@ -57,8 +57,9 @@ def read_share(cfg: BenchmarkConfig, cluster_cpus: float, running: int) -> dict:
     """The training-data limits of each of `running` trials at once (`train.data` keys): an equal share of
     the CPUs their workers leave free (at least 1) and of the object store fraction one Ray Data executor
     takes by default (0.5). Without them, each trial's reads plan for all of it and one trial's stream
-    can starve another's (docs/results.md, "Data wait at the 30,000-network zoo"). {} for one trial."""
-    if running <= 1:
+    can starve another's (docs/results.md, "Data wait at the 30,000-network zoo"). {} for one trial, or
+    with `trials.share_reads: false`."""
+    if running <= 1 or not cfg.trials.share_reads:
         return {}
     t = cfg.trials
     spare = cluster_cpus - running * t.workers_per_trial * t.cpus_per_worker

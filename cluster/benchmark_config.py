@@ -13,6 +13,8 @@ class TrialResources(Strict):
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers of each trial's training")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0, description="> 0 trains on GPUs (NCCL)")
+    share_reads: bool = Field(True, description="give trials running at once equal shares of the free CPUs and "
+                                                "object store for their data reads (false: each plans for all)")
 
 
 def _check_seeds(v: list[int]) -> list[int]:

@@ -124,6 +124,9 @@ def test_concurrent_benchmark_trials_share_the_reads():
     assert read_share(cfg, cluster_cpus=4, running=2) == {"read_cpus": 1.0, "read_object_store_fraction": 0.25}
     assert read_share(cfg, cluster_cpus=2, running=2)["read_cpus"] == 1.0  # never below one task's CPU
     assert read_share(cfg, cluster_cpus=4, running=1) == {}  # one trial: Ray Data's own defaults
+    cfg.trials.share_reads = False  # the user's choice: every trial's reads plan for the whole cluster
+    assert read_share(cfg, cluster_cpus=4, running=2) == {}
+    cfg.trials.share_reads = True
     # the share does not change a trial's identity: completed trials stay complete
     tcfg = cfg.trial_config(cfg.families[0], 0)
     shared = tcfg.model_copy(deep=True)
