@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from metanets.layers.common import ChannelLinear, flat_kernel, unflat_kernel
 from metanets.spec import NetworkSpec
@@ -76,7 +77,26 @@ class NPLinear(nn.Module):
             self.last_io = ChannelLinear(c_in * s[-1] * last.n_out, c_out * s[-1] * last.n_out, bias=False)
             self.last_bias_io = ChannelLinear(c_in * last.n_out, c_out * last.n_out, bias=False)
 
-    def forward(self, ws: WeightSpace) -> WeightSpace:
+    def _map_parts(self, i: int, parts: list, shared: torch.Tensor, n: int, m: int) -> torch.Tensor:
+        """w_maps[i] applied to the concatenation of `parts`, as the sum of its column blocks applied to each
+        part: the parts constant along an axis are mapped at their reduced size and broadcast once, so only
+        W_i itself goes through a full-size matrix product and no full-size concatenation is built."""
+        blocks = self.w_maps[i].weight.split([t.shape[1] for t, _ in parts], dim=1)
+        mapped: dict[str, list[torch.Tensor]] = {"nm": [], "n": [], "m": []}
+        for (t, axes), block in zip(parts, blocks):
+            mapped[axes].append(F.linear(t.movedim(1, -1), block).movedim(-1, 1))
+        by_n = sum(mapped["n"]) + (self.w_maps[i].bias[:, None, None] + shared)  # (B, C_out*s, n, 1)
+        return mapped["nm"][0].add_(by_n).add_(sum(mapped["m"]))
+
+    def _map_concatenated(self, i: int, parts: list, shared: torch.Tensor, n: int, m: int) -> torch.Tensor:
+        """w_maps[i] applied to the full-size concatenation of `parts` (each broadcast to (n, m))."""
+        B = parts[0][0].shape[0]
+        x = torch.cat([t.expand(B, t.shape[1], n, m) for t, _ in parts], dim=1)
+        return self.w_maps[i](x) + shared
+
+    def forward(self, ws: WeightSpace, concatenated: bool = False) -> WeightSpace:
+        """`concatenated=True` computes the same map the direct way (`_map_concatenated`): slower, kept as
+        the reference that the tests and bench/formulations.py compare the default against."""
         L, B = self.spec.num_layers, ws.batch_size
         wf = [flat_kernel(w) for w in ws.weights]  # (B, C*s_i, n_i, m_i)
         glob = _global_means(ws)
@@ -85,23 +105,21 @@ class NPLinear(nn.Module):
         out_w, out_b = [], []
         for i in range(L):
             n, m = wf[i].shape[2:]
-            terms = [
-                wf[i],
-                wf[i].mean(dim=3, keepdim=True),
-                wf[i].mean(dim=2, keepdim=True),
-                ws.biases[i][..., None],
-            ]
+            # what output weight i sees, in w_maps[i]'s input order, each with the axis it varies along:
+            # "nm" both, "n" (B, ., n, 1), "m" (B, ., 1, m)
+            parts = [(wf[i], "nm"), (wf[i].mean(dim=3, keepdim=True), "n"), (wf[i].mean(dim=2, keepdim=True), "m"),
+                     (ws.biases[i][..., None], "n")]
             b_terms = [ws.biases[i], wf[i].mean(dim=3)]
             if i > 0:
-                terms += [ws.biases[i - 1][:, :, None, :], wf[i - 1].mean(dim=3)[:, :, None, :]]
+                parts += [(ws.biases[i - 1][:, :, None, :], "m"), (wf[i - 1].mean(dim=3)[:, :, None, :], "m")]
             if i < L - 1:
                 nxt = wf[i + 1].mean(dim=2)  # (B, C*s_{i+1}, n_i)
-                terms.append(nxt[..., None])
+                parts.append((nxt[..., None], "n"))
                 b_terms.append(nxt)
-            x = torch.cat([t.expand(B, t.shape[1], n, m) for t in terms], dim=1)
-            y = self.w_maps[i](x)
-            # invariants are shared by all kernel positions: (B, C_out) -> (B, C_out, s, 1, 1)
-            y = (y.reshape(B, self.c_out, -1, n, m) + self.glob_w[i](glob)[:, :, None, None, None]).reshape(y.shape)
+            # invariants are shared by all kernel positions: (B, C_out) -> (B, C_out * s, 1, 1)
+            shared = self.glob_w[i](glob)[:, :, None].expand(B, self.c_out, wf[i].shape[1] // self.c_in)
+            shared = shared.reshape(B, -1, 1, 1)
+            y = (self._map_concatenated if concatenated else self._map_parts)(i, parts, shared, n, m)
             xb = torch.cat([t.expand(B, t.shape[1], n) for t in b_terms], dim=1)
             yb = self.b_maps[i](xb) + self.glob_b[i](glob)[:, :, None]
             if self.hnp and i == 0:

@@ -212,3 +212,27 @@ def test_activation_runs_in_memory_order_and_keeps_the_layout():
     assert torch.equal(out, torch.tanh(t)) and out.stride() == t.stride()
     contiguous = t.contiguous()
     assert in_memory_order(torch.relu, contiguous).stride() == contiguous.stride()
+
+
+@pytest.mark.parametrize("hnp", [False, True])
+@pytest.mark.parametrize("net", ["mlp-relu", "cnn-relu"])
+def test_np_layer_blockwise_map_equals_the_concatenated_map(net, hnp):
+    """NPLinear maps its parts block by block, each at its reduced size; this equals mapping their full-size
+    concatenation (the direct formula, `concatenated=True`) in value and in every parameter's gradient."""
+    make, activation, _ = SPECS[net]
+    spec, ws = _feature(make, activation)
+    torch.manual_seed(0)
+    layer = NPLinear(spec, C, 5, hnp=hnp).double()
+    grads = []
+    for concatenated in (False, True):
+        layer.zero_grad()
+        out = layer(ws, concatenated=concatenated)
+        weight = torch.Generator().manual_seed(1)
+        loss = sum((t * torch.randn(t.shape, generator=weight, dtype=t.dtype)).sum() for _, t in out.tensors())
+        loss.backward()
+        grads.append((out, {k: p.grad.clone() for k, p in layer.named_parameters()}))
+    (fast, fast_grads), (direct, direct_grads) = grads
+    for (key, a), (_, b) in zip(fast.tensors(), direct.tensors()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=key)
+    for key, g in direct_grads.items():
+        torch.testing.assert_close(fast_grads[key], g, rtol=1e-10, atol=1e-12, msg=key)

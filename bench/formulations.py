@@ -1,12 +1,17 @@
-"""Step time of the models whose pooling normalises channel vectors (the positive-scale cancellation of
-Monomial-NFN and Transformer-NFN), with `normalise_channels`' closed-form backward against autograd through
-the elementary formula it replaced (divide by the largest |component|, then by the norm), in one process.
+"""Step time of each model with the eager formulations of issue 15 against the ones they replaced, in one
+process, the same weights, steps alternating:
+- `normalise`: `normalise_channels`' closed-form backward (the positive-scale cancellation of the
+  Monomial-NFN and Transformer-NFN poolings) against autograd through the elementary formula it replaced
+  (divide by the largest |component|, then by the norm);
+- `np`: NPLinear's block-wise map (parts constant along an axis mapped at their reduced size) against
+  the map of their full-size concatenation (`concatenated=True`).
 
-    python bench/normalise.py [--batch 64] [--repeats 20] [--threads 1] [--models monomial_nfn,transformer_nfn]
+    python bench/formulations.py [--batch 64] [--repeats 20] [--threads 1] [--change normalise|np|all]
+                                 [--models ...]
 
-Both variants share their weights and take turns step by step (bench/layers.py's timing), so a change in
-the machine's load hits both alike. Before timing, the two are checked equal in float64 (outputs and
-parameter gradients) and the largest differences are printed.
+Both variants take turns step by step (bench/layers.py's timing), so a change in the machine's load hits
+both alike. Before timing, the two are checked equal in float64 (outputs and parameter gradients) and the
+largest differences are printed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import nn
 import metanets.layers.monomial as monomial_layers
 import metanets.transformer.pool as transformer_pool
 from metanets import NetworkSpec, TransformerSpec, TransformerWeightSpace, WeightSpace, build_model
+from metanets.layers.np_layers import NPLinear
 
 
 def autograd_normalise(t: torch.Tensor) -> torch.Tensor:
@@ -43,16 +49,32 @@ def _autograd_normalisation():
         monomial_layers.normalise_channels, transformer_pool.normalise_channels = saved
 
 
-class WithAutogradNormalisation(nn.Module):
-    """`model` with its pooling's normalisation built from autograd ops (its backward graph is recorded
-    in the forward, so the swap need only last the forward)."""
+@contextlib.contextmanager
+def _concatenated_np_maps():
+    forward = NPLinear.forward
+    NPLinear.forward = lambda self, ws: forward(self, ws, concatenated=True)
+    try:
+        yield
+    finally:
+        NPLinear.forward = forward
 
-    def __init__(self, model: nn.Module):
+
+CHANGES = {  # change: (what it replaced, as a context, the models it concerns)
+    "normalise": (_autograd_normalisation, ("monomial_nfn", "transformer_nfn")),
+    "np": (_concatenated_np_maps, ("np", "hnp")),
+}
+
+
+class WithReplaced(nn.Module):
+    """`model` computed with the replaced formulation (its backward graph is recorded in the forward, so the
+    swap need only last the forward)."""
+
+    def __init__(self, model: nn.Module, replaced):
         super().__init__()
-        self.model = model
+        self.model, self.replaced = model, replaced
 
     def forward(self, ws):
-        with _autograd_normalisation():
+        with self.replaced():
             return self.model(ws)
 
 
@@ -71,7 +93,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models", default="monomial_nfn,transformer_nfn")
+    parser.add_argument("--change", choices=[*CHANGES, "all"], default="all")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the change's models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
@@ -84,20 +107,24 @@ def main() -> None:
     from metanets.registry import KIND_OF, load_builders
 
     load_builders()
+    keep = set(args.models.split(",")) if args.models else None
     print(f"batch {args.batch}, {args.threads} thread(s), forward+backward, "
           f"medians of {args.repeats} alternating steps")
-    print(f"{'model':<22}{'closed-form ms':>16}{'autograd ms':>14}{'autograd / closed':>20}"
+    print(f"{'change':<11}{'model':<18}{'new ms':>9}{'replaced ms':>13}{'replaced / new':>16}"
           f"{'max |out diff|':>16}{'max grad rel diff':>19}")
-    for name in args.models.split(","):
-        kind = KIND_OF[name]
-        ws = batches[kind]
-        torch.manual_seed(0)
-        model = build_model(name, ws.spec, hidden=16)
-        reference = WithAutogradNormalisation(model)  # the same module: the same weights
-        out_diff, grad_diff = _check_equal(model, reference, ws)
-        times = time_models({"closed": model, "autograd": reference}, ws, args.repeats)
-        print(f"{name:<22}{1000 * times['closed']:>16.1f}{1000 * times['autograd']:>14.1f}"
-              f"{times['autograd'] / times['closed']:>20.2f}{out_diff:>16.1e}{grad_diff:>19.1e}", flush=True)
+    for change in CHANGES if args.change == "all" else [args.change]:
+        replaced, names = CHANGES[change]
+        for name in names:
+            if keep is not None and name not in keep:
+                continue
+            ws = batches[KIND_OF[name]]
+            torch.manual_seed(0)
+            model = build_model(name, ws.spec, hidden=16)
+            reference = WithReplaced(model, replaced)  # the same module: the same weights
+            out_diff, grad_diff = _check_equal(model, reference, ws)
+            times = time_models({"new": model, "replaced": reference}, ws, args.repeats)
+            print(f"{change:<11}{name:<18}{1000 * times['new']:>9.1f}{1000 * times['replaced']:>13.1f}"
+                  f"{times['replaced'] / times['new']:>16.2f}{out_diff:>16.1e}{grad_diff:>19.1e}", flush=True)
 
 
 if __name__ == "__main__":
