@@ -17,10 +17,20 @@ from metanets.spec import NetworkSpec
 from metanets.weight_space import WeightSpace
 
 
+def mean(t: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = False) -> torch.Tensor:
+    """`t.mean(dim)` as a sum divided at the reduced size: the backward of `Tensor.mean` writes a full-size
+    quotient (the expanded gradient divided by the count), the sum's backward only expands a view."""
+    dims = (dim,) if isinstance(dim, int) else dim
+    count = 1
+    for d in dims:
+        count *= t.shape[d]
+    return t.sum(dim=dims, keepdim=keepdim) / count
+
+
 def _global_means(ws: WeightSpace) -> torch.Tensor:
     """Means over the neuron axes of every tensor: (B, sum_t C*s_t)."""
-    parts = [flat_kernel(w).mean(dim=(2, 3)) for w in ws.weights]
-    parts += [b.mean(dim=2) for b in ws.biases]
+    parts = [mean(flat_kernel(w), (2, 3)) for w in ws.weights]
+    parts += [mean(b, 2) for b in ws.biases]
     return torch.cat(parts, dim=1)
 
 
@@ -29,7 +39,7 @@ def _io_invariants(ws: WeightSpace) -> torch.Tensor:
     B = ws.batch_size
     first, last = flat_kernel(ws.weights[0]), flat_kernel(ws.weights[-1])
     return torch.cat(
-        [first.mean(dim=2).reshape(B, -1), last.mean(dim=3).reshape(B, -1), ws.biases[-1].reshape(B, -1)],
+        [mean(first, 2).reshape(B, -1), mean(last, 3).reshape(B, -1), ws.biases[-1].reshape(B, -1)],
         dim=1,
     )
 
@@ -83,10 +93,11 @@ class NPLinear(nn.Module):
         W_i itself goes through a full-size matrix product and no full-size concatenation is built."""
         blocks = self.w_maps[i].weight.split([t.shape[1] for t, _ in parts], dim=1)
         mapped: dict[str, list[torch.Tensor]] = {"nm": [], "n": [], "m": []}
-        for (t, axes), block in zip(parts, blocks):
-            mapped[axes].append(F.linear(t.movedim(1, -1), block).movedim(-1, 1))
-        by_n = sum(mapped["n"]) + (self.w_maps[i].bias[:, None, None] + shared)  # (B, C_out*s, n, 1)
-        return mapped["nm"][0].add_(by_n).add_(sum(mapped["m"]))
+        for (t, axes), block in zip(parts, blocks):  # channel-last: (B, n or 1, m or 1, C_out*s)
+            mapped[axes].append(F.linear(t.movedim(1, -1), block))
+        by_n = sum(mapped["n"]) + (self.w_maps[i].bias + shared.movedim(1, -1))  # (B, n, 1, C_out*s)
+        # in place on the product's own output (not on a view of it, whose backward would copy the gradient)
+        return mapped["nm"][0].add_(by_n).add_(sum(mapped["m"])).movedim(-1, 1)
 
     def _map_concatenated(self, i: int, parts: list, shared: torch.Tensor, n: int, m: int) -> torch.Tensor:
         """w_maps[i] applied to the full-size concatenation of `parts` (each broadcast to (n, m))."""
@@ -99,21 +110,24 @@ class NPLinear(nn.Module):
         the reference that the tests and bench/formulations.py compare the default against."""
         L, B = self.spec.num_layers, ws.batch_size
         wf = [flat_kernel(w) for w in ws.weights]  # (B, C*s_i, n_i, m_i)
-        glob = _global_means(ws)
+        # each tensor's row and column means, once: every use shares one full-size reduction and its backward
+        rows = [mean(w, 3, keepdim=True) for w in wf]  # (B, C*s_i, n_i, 1)
+        cols = [mean(w, 2, keepdim=True) for w in wf]  # (B, C*s_i, 1, m_i)
+        glob = [mean(r, 2)[..., 0] for r in rows] + [mean(b, 2) for b in ws.biases]
         if self.hnp:
-            glob = torch.cat([glob, _io_invariants(ws)], dim=1)
+            glob += [cols[0].reshape(B, -1), rows[-1].reshape(B, -1), ws.biases[-1].reshape(B, -1)]
+        glob = torch.cat(glob, dim=1)  # the invariants of `_global_means` (and `_io_invariants`)
         out_w, out_b = [], []
         for i in range(L):
             n, m = wf[i].shape[2:]
             # what output weight i sees, in w_maps[i]'s input order, each with the axis it varies along:
             # "nm" both, "n" (B, ., n, 1), "m" (B, ., 1, m)
-            parts = [(wf[i], "nm"), (wf[i].mean(dim=3, keepdim=True), "n"), (wf[i].mean(dim=2, keepdim=True), "m"),
-                     (ws.biases[i][..., None], "n")]
-            b_terms = [ws.biases[i], wf[i].mean(dim=3)]
+            parts = [(wf[i], "nm"), (rows[i], "n"), (cols[i], "m"), (ws.biases[i][..., None], "n")]
+            b_terms = [ws.biases[i], rows[i][..., 0]]
             if i > 0:
-                parts += [(ws.biases[i - 1][:, :, None, :], "m"), (wf[i - 1].mean(dim=3)[:, :, None, :], "m")]
+                parts += [(ws.biases[i - 1][:, :, None, :], "m"), (rows[i - 1].movedim(3, 2), "m")]
             if i < L - 1:
-                nxt = wf[i + 1].mean(dim=2)  # (B, C*s_{i+1}, n_i)
+                nxt = cols[i + 1][:, :, 0]  # (B, C*s_{i+1}, n_i): column means of W_{i+1}
                 parts.append((nxt[..., None], "n"))
                 b_terms.append(nxt)
             # invariants are shared by all kernel positions: (B, C_out) -> (B, C_out * s, 1, 1)
@@ -141,8 +155,8 @@ def np_pool(ws: WeightSpace, hnp: bool = False) -> torch.Tensor:
     B, L = ws.batch_size, ws.spec.num_layers
     parts = [_io_invariants(ws)]
     for i in range(1, L - 1):
-        parts.append(flat_kernel(ws.weights[i]).mean(dim=(2, 3)))
-    parts += [b.mean(dim=2) for b in ws.biases[:-1]]
+        parts.append(mean(flat_kernel(ws.weights[i]), (2, 3)))
+    parts += [mean(b, 2) for b in ws.biases[:-1]]
     return torch.cat(parts, dim=1).reshape(B, -1)
 
 
