@@ -27,21 +27,24 @@ def mean(t: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = False) -> 
     return t.sum(dim=dims, keepdim=keepdim) / count
 
 
-def _global_means(ws: WeightSpace) -> torch.Tensor:
-    """Means over the neuron axes of every tensor: (B, sum_t C*s_t)."""
-    parts = [mean(flat_kernel(w), (2, 3)) for w in ws.weights]
-    parts += [mean(b, 2) for b in ws.biases]
-    return torch.cat(parts, dim=1)
+def _means(ws: WeightSpace, cols: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Each weight tensor flattened (B, C*s, n, m) with its row means (B, C*s, n, 1) and column means
+    (B, C*s, 1, m; [] when `cols` is false): one full-size reduction per axis, which every other mean is
+    taken from."""
+    wf = [flat_kernel(w) for w in ws.weights]
+    return wf, [mean(w, 3, keepdim=True) for w in wf], [mean(w, 2, keepdim=True) for w in wf] if cols else []
 
 
-def _io_invariants(ws: WeightSpace) -> torch.Tensor:
-    """Quantities indexed by input/output neurons only (invariant to hidden permutations)."""
-    B = ws.batch_size
-    first, last = flat_kernel(ws.weights[0]), flat_kernel(ws.weights[-1])
-    return torch.cat(
-        [mean(first, 2).reshape(B, -1), mean(last, 3).reshape(B, -1), ws.biases[-1].reshape(B, -1)],
-        dim=1,
-    )
+def _global_means(rows: list[torch.Tensor], biases) -> list[torch.Tensor]:
+    """Means over the neuron axes of every tensor, (B, C*s_t) each: weights (from their row means), biases."""
+    return [mean(r, 2)[..., 0] for r in rows] + [mean(b, 2) for b in biases]
+
+
+def _io_invariants(rows: list[torch.Tensor], cols: list[torch.Tensor], biases) -> list[torch.Tensor]:
+    """Quantities indexed by input/output neurons only (invariant to hidden permutations): the first
+    weight's column means, the last weight's row means, the last bias."""
+    B = biases[-1].shape[0]
+    return [cols[0].reshape(B, -1), rows[-1].reshape(B, -1), biases[-1].reshape(B, -1)]
 
 
 def _global_width(spec: NetworkSpec, c: int, hnp: bool) -> int:
@@ -109,14 +112,10 @@ class NPLinear(nn.Module):
         """`concatenated=True` computes the same map the direct way (`_map_concatenated`): slower, kept as
         the reference that the tests and bench/formulations.py compare the default against."""
         L, B = self.spec.num_layers, ws.batch_size
-        wf = [flat_kernel(w) for w in ws.weights]  # (B, C*s_i, n_i, m_i)
         # each tensor's row and column means, once: every use shares one full-size reduction and its backward
-        rows = [mean(w, 3, keepdim=True) for w in wf]  # (B, C*s_i, n_i, 1)
-        cols = [mean(w, 2, keepdim=True) for w in wf]  # (B, C*s_i, 1, m_i)
-        glob = [mean(r, 2)[..., 0] for r in rows] + [mean(b, 2) for b in ws.biases]
-        if self.hnp:
-            glob += [cols[0].reshape(B, -1), rows[-1].reshape(B, -1), ws.biases[-1].reshape(B, -1)]
-        glob = torch.cat(glob, dim=1)  # the invariants of `_global_means` (and `_io_invariants`)
+        wf, rows, cols = _means(ws)
+        glob = _global_means(rows, ws.biases) + (_io_invariants(rows, cols, ws.biases) if self.hnp else [])
+        glob = torch.cat(glob, dim=1)
         out_w, out_b = [], []
         for i in range(L):
             n, m = wf[i].shape[2:]
@@ -150,14 +149,11 @@ class NPLinear(nn.Module):
 
 def np_pool(ws: WeightSpace, hnp: bool = False) -> torch.Tensor:
     """Invariant pooling: (B, features). NP averages every tensor; HNP keeps input/output axes."""
+    _, rows, cols = _means(ws, cols=hnp)
     if not hnp:
-        return _global_means(ws)
-    B, L = ws.batch_size, ws.spec.num_layers
-    parts = [_io_invariants(ws)]
-    for i in range(1, L - 1):
-        parts.append(mean(flat_kernel(ws.weights[i]), (2, 3)))
-    parts += [mean(b, 2) for b in ws.biases[:-1]]
-    return torch.cat(parts, dim=1).reshape(B, -1)
+        return torch.cat(_global_means(rows, ws.biases), dim=1)
+    hidden = _global_means(rows[1:-1], ws.biases[:-1])  # hidden weights, then every bias but the last
+    return torch.cat(_io_invariants(rows, cols, ws.biases) + hidden, dim=1)
 
 
 def np_pool_width(spec: NetworkSpec, c: int, hnp: bool = False) -> int:
