@@ -1,5 +1,6 @@
-"""Step time of each model with the eager formulations of issue 15 against the ones they replaced, in one
-process, the same weights, steps alternating:
+"""Step time with issue 15's eager formulations against the ones they replaced, in one process.
+
+Same weights, steps alternating:
 - `normalise`: `normalise_channels`' closed-form backward (the positive-scale cancellation of the
   Monomial-NFN and Transformer-NFN poolings) against autograd through the elementary formula it replaced
   (divide by the largest |component|, then by the norm);
