@@ -1,5 +1,6 @@
-"""What a ReLU costs under TorchInductor when its backward mask is kept: the kernel that writes the ReLU and
-its boolean mask (what AOTAutograd saves for `threshold_backward`) against the same kernel writing the mask
+"""What a ReLU costs under TorchInductor when its backward mask is kept, against eager.
+
+The kernel that writes the ReLU and its boolean mask (what AOTAutograd saves for `threshold_backward`) against the same kernel writing the mask
 as floats, and against eager, on one activation of the monomial_nfn step's size (64 x 16 x 16 x 144).
 
     python bench/inductor_mask.py [--rows 16384] [--cols 144] [--threads 1] [--repeats 20] [--device cpu|cuda]
