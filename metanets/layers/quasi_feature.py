@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from metanets.layers.common import ChannelLinear
 from metanets.layers.quasi import ALPHA_MODES, require_scaling_group
-from metanets.layers.stats import _QUANTILES as QUANTILES
-from metanets.layers.stats import NUM_STATS
+from metanets.layers.stats import NUM_STATS, tensor_stats
 from metanets.spec import NetworkSpec
 from metanets.symmetry import scale_hidden
 from metanets.weight_space import WeightSpace
@@ -46,39 +44,9 @@ from metanets.weight_space import WeightSpace
 NUM_FEATURES = 2 * NUM_STATS + 2  # statistics of W_i and b_i, plus two global ones
 
 
-def _exporting(t: torch.Tensor) -> bool:
-    return torch.compiler.is_compiling() or type(t) is not torch.Tensor  # torch.export (MLflow's pt2) traces here
-
-
-def row_stats(flat: torch.Tensor) -> torch.Tensor:
-    """(N, n) -> (N, 7), the same values as `tensor_stats` (mean, variance, interpolated quantiles 0, .25, .5,
-    .75, 1), differentiable. On CPU the order statistics are located with numpy's argpartition (O(n) per row)
-    and gathered, which is ~6x faster than torch's full CPU sort of these rows; elsewhere, and while tracing
-    for export, the rows are sorted."""
-    if flat.dtype in (torch.float16, torch.bfloat16):
-        flat = flat.float()
-    n = flat.shape[1]
-    # positions as Python numbers, not tensors: torch.export (MLflow's pt2) traces this function, and a
-    # traced tensor's .tolist() gives symbols that cannot index
-    pos = [q * (n - 1) for q in QUANTILES]
-    lo, hi = [math.floor(p) for p in pos], [math.ceil(p) for p in pos]
-    frac = torch.tensor([p - math.floor(p) for p in pos], dtype=flat.dtype, device=flat.device)
-    ks = sorted(set(lo) | set(hi))
-    if flat.device.type == "cpu" and not _exporting(flat):
-        idx = np.argpartition(flat.detach().numpy(), ks, axis=1)[:, ks]
-        picked = torch.gather(flat, 1, torch.from_numpy(np.ascontiguousarray(idx)))
-    else:
-        picked = flat.sort(dim=1).values[:, ks]
-    col = {k: j for j, k in enumerate(ks)}
-    q_lo = picked[:, [col[k] for k in lo]]
-    q_hi = picked[:, [col[k] for k in hi]]
-    q = q_lo + (q_hi - q_lo) * frac
-    return torch.cat([flat.mean(dim=1, keepdim=True), flat.var(dim=1, unbiased=False)[:, None], q], dim=1)
-
-
 def _median(t: torch.Tensor) -> torch.Tensor:
-    """(N, n) -> (N,): the median of each row, interpolated (as the 0.5 quantile of `tensor_stats`)."""
-    return row_stats(t)[:, 4]
+    """(N, n) -> (N,): the median of each row, interpolated (the 0.5 quantile of `tensor_stats`)."""
+    return tensor_stats(t)[:, 4]
 
 
 def layer_features(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -88,8 +56,8 @@ def layer_features(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # make the row length symbolic too, and the quantile positions must be plain ints
     entries = math.prod(w.shape[2:])
     w_flat = w.reshape(B, K, entries)
-    w_stats = row_stats(w_flat.reshape(B * K, entries)).reshape(B, K, NUM_STATS)
-    b_stats = row_stats(b.reshape(B * K, b.shape[2])).reshape(B, K, NUM_STATS)
+    w_stats = tensor_stats(w_flat.reshape(B * K, entries)).reshape(B, K, NUM_STATS)
+    b_stats = tensor_stats(b.reshape(B * K, b.shape[2])).reshape(B, K, NUM_STATS)
     channel_mean = w_flat.mean(dim=1)  # (B, entries)
     g_mean = channel_mean.mean(dim=1)
     g_mad = _median((channel_mean - _median(channel_mean)[:, None]).abs())

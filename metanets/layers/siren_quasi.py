@@ -23,7 +23,7 @@ Why it is only approximately invariant, even to the group it is trained on:
   flips (the feature is sign-equivariant, its mean and quantiles are not sign-invariant).
 - s_i is not clamped: once |s_i| >= 1 an alpha entry can reach 0 and the division by it is unbounded.
 With every s_i = 0 alpha is the identity and the model is exactly Monomial-NFN; the invariance audit (`eval`)
-measures the error otherwise. The statistics here use the population variance (metazoo's `row_stats`); the
+measures the error otherwise. The statistics here use the population variance (metazoo's `tensor_stats`); the
 published code uses the unbiased one, a constant factor n / (n - 1) per row before the LayerNorm.
 """
 
@@ -36,8 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from metanets.layers.common import ChannelLinear
-from metanets.layers.quasi_feature import GatedMLP, row_stats
-from metanets.layers.stats import NUM_STATS
+from metanets.layers.quasi_feature import GatedMLP
+from metanets.layers.stats import NUM_STATS, tensor_stats
 from metanets.spec import PERM_SIGN, NetworkSpec, SpecError
 from metanets.symmetry import scale_hidden
 from metanets.weight_space import WeightSpace
@@ -47,8 +47,8 @@ def channel_stats(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """W_i (B, K, ...) and b_i (B, K, n_i) -> (B, K, 14): 7 statistics of each, LayerNorm-ed over the 14."""
     B, K = b.shape[:2]
     entries = math.prod(w.shape[2:])  # explicit, never -1: torch.export traces with a symbolic batch
-    w_stats = row_stats(w.reshape(B * K, entries)).reshape(B, K, NUM_STATS)
-    b_stats = row_stats(b.reshape(B * K, b.shape[2])).reshape(B, K, NUM_STATS)
+    w_stats = tensor_stats(w.reshape(B * K, entries)).reshape(B, K, NUM_STATS)
+    b_stats = tensor_stats(b.reshape(B * K, b.shape[2])).reshape(B, K, NUM_STATS)
     feats = torch.cat([w_stats, b_stats], dim=-1)
     return F.layer_norm(feats, feats.shape[-1:])
 

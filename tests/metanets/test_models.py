@@ -247,17 +247,19 @@ def test_gradients_stay_finite_with_a_dead_unit(name, kwargs, dead):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_feature_alpha_statistics_match_tensor_stats_and_their_gradients(dtype):
-    """The argpartition path of the feature alpha's statistics gives tensor_stats' values, and the same
-    gradients (no ties in random data)."""
-    from metanets.layers.quasi_feature import row_stats
+def test_statistics_by_numpy_equal_those_by_torch_sort_and_their_gradients(dtype):
+    """tensor_stats' numpy paths (the default on CPU: a sort without gradient, argpartition with) give the
+    torch sort path's values exactly, and the same gradients (no ties in random data)."""
     from metanets.layers.stats import tensor_stats
 
     for n in (1, 2, 7, 144, 2304):
         x = torch.randn(6, n, dtype=dtype, generator=torch.Generator().manual_seed(n)).requires_grad_()
-        fast, ref = row_stats(x), tensor_stats(x)
+        fast, ref = tensor_stats(x, method="numpy"), tensor_stats(x, method="sort")
         torch.testing.assert_close(fast, ref, rtol=0, atol=0)
+        torch.testing.assert_close(tensor_stats(x.detach(), method="numpy"), ref.detach(), rtol=0, atol=0)
         weights = torch.randn_like(ref)
         (g_fast,) = torch.autograd.grad((fast * weights).sum(), x)
         (g_ref,) = torch.autograd.grad((ref * weights).sum(), x)
         torch.testing.assert_close(g_fast, g_ref)
+    with pytest.raises(ValueError, match="method must be one of"):
+        tensor_stats(x, method="quickselect")
