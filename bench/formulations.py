@@ -5,9 +5,14 @@ Same weights, steps alternating:
   Monomial-NFN and Transformer-NFN poolings) against autograd through the elementary formula it replaced
   (divide by the largest |component|, then by the norm);
 - `np`: NPLinear's block-wise map (parts constant along an axis mapped at their reduced size) against
-  the map of their full-size concatenation (`concatenated=True`).
+  the map of their full-size concatenation (`concatenated=True`);
+- `stats`: the weight statistics' order statistics located by numpy's argpartition (`tensor_stats`'
+  default on CPU) against torch's full sort of each row (`method="sort"`), in STATNet and in the input
+  quasi layer's alpha;
+- `scale`: the quasi layer's scaling of the feature with its own backward (`symmetry._ScaleKernels`: each
+  kernel's sum as a matrix product) against autograd through the broadcast product.
 
-    python bench/formulations.py [--batch 64] [--repeats 20] [--threads 1] [--change normalise|np|all]
+    python bench/formulations.py [--batch 64] [--repeats 20] [--threads 1] [--change normalise|np|stats|scale|all]
                                  [--models ...]
 
 Both variants take turns step by step (bench/layers.py's timing), so a change in the machine's load hits
@@ -26,6 +31,8 @@ from layers import digits_transformer_state_dict, small_cnn_state_dict, time_mod
 from torch import nn
 
 import metanets.layers.monomial as monomial_layers
+import metanets.layers.stats as stats_module
+import metanets.symmetry as symmetry_module
 import metanets.transformer.pool as transformer_pool
 from metanets import NetworkSpec, TransformerSpec, TransformerWeightSpace, WeightSpace, build_model
 from metanets.layers.np_layers import NPLinear
@@ -60,9 +67,31 @@ def _concatenated_np_maps():
         NPLinear.forward = forward
 
 
+@contextlib.contextmanager
+def _sorted_statistics():
+    tensor_stats = stats_module.tensor_stats
+    stats_module.tensor_stats = lambda t: tensor_stats(t, method="sort")  # what `weight_stats` calls
+    try:
+        yield
+    finally:
+        stats_module.tensor_stats = tensor_stats
+
+
+@contextlib.contextmanager
+def _autograd_scaling():
+    scale_weight = symmetry_module._scale_weight
+    symmetry_module._scale_weight = lambda w, f: w * f.reshape(*f.shape, *([1] * (w.ndim - f.ndim)))
+    try:
+        yield
+    finally:
+        symmetry_module._scale_weight = scale_weight
+
+
 CHANGES = {  # change: (what it replaced, as a context, the models it concerns)
     "normalise": (_autograd_normalisation, ("monomial_nfn", "transformer_nfn")),
     "np": (_concatenated_np_maps, ("np", "hnp")),
+    "stats": (_sorted_statistics, ("statnet", "monomial_nfn_quasi")),
+    "scale": (_autograd_scaling, ("monomial_nfn_quasi",)),
 }
 
 
@@ -90,7 +119,7 @@ def _check_equal(model: nn.Module, reference: nn.Module, ws) -> tuple[float, flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
