@@ -1,7 +1,8 @@
 """What a ReLU costs under TorchInductor when its backward mask is kept, against eager.
 
-The kernel that writes the ReLU and its boolean mask (what AOTAutograd saves for `threshold_backward`) against the same kernel writing the mask
-as floats, and against eager, on one activation of the monomial_nfn step's size (64 x 16 x 16 x 144).
+The kernel that writes the ReLU and its boolean mask (what AOTAutograd saves for `threshold_backward`)
+against the same kernel writing the mask as floats, and against eager, on one activation of the
+monomial_nfn step's size (64 x 16 x 16 x 144).
 
     python bench/inductor_mask.py [--rows 16384] [--cols 144] [--threads 1] [--repeats 20] [--device cpu|cuda]
 
@@ -31,7 +32,7 @@ def _median_ms(fn, repeats: int, device: torch.device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=16384)
     parser.add_argument("--cols", type=int, default=144)
     parser.add_argument("--threads", type=int, default=1)

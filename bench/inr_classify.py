@@ -78,7 +78,7 @@ def _summary(condition: str, values: list[float]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("table")
     parser.add_argument("--families", default="monomial_nfn_phase,monomial_nfn,hnp,np,statnet")
     parser.add_argument("--seeds", default="0")

@@ -53,7 +53,7 @@ def run(table: str, model: str, hidden: int, workers: int, epochs: int, batch: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", required=True)
     parser.add_argument("--model", default="monomial_nfn")
     parser.add_argument("--hidden", type=int, default=8)

@@ -40,7 +40,7 @@ def run(table: str, trials: int, concurrent: int, epochs: int, model: str, activ
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", required=True)
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--concurrent", type=int, default=2)
