@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from eval.benchmark_report import CLEAN, _num
+from eval.stats import summarize
 
 
 def sized_families(families) -> list[dict]:
@@ -114,8 +115,8 @@ def merge(*curve_sets: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 def point_from_eval(label: str, result: dict, seed: int = 0) -> tuple[str, dict]:
     """(curve, point) for one `metazoo eval` result (its --json file) of a model trained on `label`'s
-    networks (`curve@N`): a single-seed point, e.g. a model of a bigger zoo scored on a smaller zoo's test
-    split so that every point of the curve shares one test set."""
+    networks (`curve@N`) with training seed `seed`: a single-seed point, e.g. a model of a bigger zoo scored
+    on a smaller zoo's test split so that every point of the curve shares one test set."""
     curve, sep, size = label.partition("@")
     if not sep or not size.isdigit():
         raise ValueError(f"label {label!r}: name the point as curve@training_networks, e.g. statnet@24000")
@@ -125,17 +126,35 @@ def point_from_eval(label: str, result: dict, seed: int = 0) -> tuple[str, dict]
                    "wall_s": None, "table": result.get("table"), "split": result.get("split")}
 
 
+def pool_seeds(points: list[dict]) -> dict:
+    """One point from single-seed points of the same label (`point_from_eval` of each seed's model): mean
+    and 95% interval over the seeds, as the benchmark's points. Two results for one seed are refused, and
+    so are results scored on different tables or splits."""
+    values: dict[str, float] = {}
+    for p in points:
+        for seed, value in p["values"].items():
+            if seed in values:
+                raise ValueError(f"{p['label']}: two results for seed {seed}")
+            values[seed] = value
+    where = {(p.get("table"), p.get("split")) for p in points}
+    if len(where) > 1:
+        raise ValueError(f"{points[0]['label']}: the seeds' results were scored on different data: {sorted(where)}")
+    values = dict(sorted(values.items(), key=lambda kv: int(kv[0])))
+    return {**points[0], **summarize(list(values.values())), "values": values}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Draw one learning curve from several benchmarks' learning_curve.json files and `metazoo eval`
-    results: python -m eval.learning_curve OUT.png CURVES.json ... [--eval curve@N=eval.json ...]."""
+    results: python -m eval.learning_curve OUT.png CURVES.json ... [--eval curve@N[:seed]=eval.json ...]."""
     import argparse
     import json
 
     parser = argparse.ArgumentParser(prog="python -m eval.learning_curve", description=main.__doc__)
     parser.add_argument("out", type=Path, help="the plot (PNG); the table is printed")
     parser.add_argument("curves", nargs="*", type=Path, help="learning_curve.json files of benchmark reports")
-    parser.add_argument("--eval", action="append", default=[], metavar="CURVE@N=EVAL.json",
-                        help="a point from a `metazoo eval --json` file")
+    parser.add_argument("--eval", action="append", default=[], metavar="CURVE@N[:SEED]=EVAL.json",
+                        help="a point from a `metazoo eval --json` file of the model trained with SEED (default "
+                             "0); results of several seeds for one CURVE@N make one point over the seeds")
     parser.add_argument("--metric", default="kendall_tau")
     parser.add_argument("--title", default="learning curve")
     args = parser.parse_args(argv)
@@ -145,15 +164,22 @@ def main(argv: list[str] | None = None) -> int:
             sets.append(json.loads(path.read_text()))
         except (OSError, ValueError) as exc:
             parser.error(f"cannot read curves {path}: {exc}")
+    evals: dict[str, list[tuple[str, dict]]] = {}
     for item in args.eval:
-        label, sep, path = item.partition("=")
-        if not sep:
-            parser.error(f"--eval {item!r}: write it as curve@N=path/to/eval.json")
+        spec, sep, path = item.partition("=")
+        label, colon, seed = spec.partition(":")
+        if not sep or (colon and not seed.isdigit()):
+            parser.error(f"--eval {item!r}: write it as curve@N=path/to/eval.json or curve@N:seed=path/to/eval.json")
         try:
-            curve, point = point_from_eval(label, json.loads(Path(path).read_text()))
+            evals.setdefault(label, []).append(
+                point_from_eval(label, json.loads(Path(path).read_text()), int(seed) if colon else 0))
         except (OSError, ValueError, KeyError) as exc:
             parser.error(f"--eval {item!r}: {exc}")
-        sets.append({curve: [point]})
+    for label, found in evals.items():
+        try:
+            sets.append({found[0][0]: [pool_seeds([point for _, point in found])]})
+        except ValueError as exc:
+            parser.error(f"--eval {label}: {exc}")
     try:
         merged = merge(*sets)
     except ValueError as exc:

@@ -123,3 +123,39 @@ def test_each_point_is_paired_with_the_reference_of_its_own_size():
     big = paired["monomial_nfn@300"]["statnet@300"]["no action"]  # the one seed both ran: d = -0.10
     assert big["seeds"] == [0] and big["mean"] == pytest.approx(-0.10)
     assert paired["monomial_nfn@300"]["hnp@300"]["no action"]["mean"] == pytest.approx(-0.04)
+
+
+def test_eval_results_of_several_seeds_make_one_point_with_an_interval(tmp_path, capsys):
+    import json
+
+    from eval.stats import summarize
+
+    paths = {}
+    for seed, value in [(0, 0.70), (1, 0.72), (2, 0.71)]:
+        paths[seed] = tmp_path / f"seed{seed}.json"
+        paths[seed].write_text(json.dumps({"metric": "kendall_tau", "clean": {"kendall_tau": value},
+                                           "table": "t10k", "split": "test"}))
+    out = tmp_path / "curve.png"
+    args = [str(out)] + [a for seed in (2, 0, 1) for a in ("--eval", f"statnet@24000:{seed}={paths[seed]}")]
+    assert learning_curve.main(args) == 0
+    want = summarize([0.70, 0.72, 0.71])
+    assert f"| statnet | 0.710 [{want['lo']:.3f}, {want['hi']:.3f}] (3) |" in capsys.readouterr().out
+    pooled = learning_curve.pool_seeds(
+        [learning_curve.point_from_eval("statnet@24000", json.loads(paths[s].read_text()), s)[1] for s in (1, 0)])
+    assert pooled["values"] == {"0": 0.70, "1": 0.72} and pooled["n"] == 2
+    assert pooled["mean"] == pytest.approx(0.71) and pooled["lo"] < 0.70 < 0.72 < pooled["hi"]
+    # the same seed twice, a seed that is not a number, results scored on different tables: refused
+    with pytest.raises(SystemExit):
+        learning_curve.main([str(out), "--eval", f"statnet@24000:1={paths[1]}",
+                             "--eval", f"statnet@24000:1={paths[2]}"])
+    assert "two results for seed 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        learning_curve.main([str(out), "--eval", f"statnet@24000:one={paths[1]}"])
+    assert "curve@N:seed=" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"metric": "kendall_tau", "clean": {"kendall_tau": 0.6}, "table": "t30k",
+                                 "split": "test"}))
+    with pytest.raises(SystemExit):
+        learning_curve.main([str(out), "--eval", f"statnet@24000:0={paths[0]}",
+                             "--eval", f"statnet@24000:1={other}"])
+    assert "scored on different data" in capsys.readouterr().err
