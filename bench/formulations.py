@@ -8,11 +8,9 @@ Same weights, steps alternating:
   the map of their full-size concatenation (`concatenated=True`);
 - `stats`: the weight statistics' order statistics located by numpy's argpartition (`tensor_stats`'
   default on CPU) against torch's full sort of each row (`method="sort"`), in STATNet and in the input
-  quasi layer's alpha;
-- `scale`: the quasi layer's scaling of the feature with its own backward (`symmetry._ScaleKernels`: each
-  kernel's sum as a matrix product) against autograd through the broadcast product.
+  quasi layer's alpha.
 
-    python bench/formulations.py [--batch 64] [--repeats 20] [--threads 1] [--change normalise|np|stats|scale|all]
+    python bench/formulations.py [--batch 64] [--repeats 20] [--threads 1] [--change normalise|np|stats|all]
                                  [--models ...]
 
 Both variants take turns step by step (bench/layers.py's timing), so a change in the machine's load hits
@@ -32,7 +30,6 @@ from torch import nn
 
 import metanets.layers.monomial as monomial_layers
 import metanets.layers.stats as stats_module
-import metanets.symmetry as symmetry_module
 import metanets.transformer.pool as transformer_pool
 from metanets import NetworkSpec, TransformerSpec, TransformerWeightSpace, WeightSpace, build_model
 from metanets.layers.np_layers import NPLinear
@@ -77,21 +74,10 @@ def _sorted_statistics():
         stats_module.tensor_stats = tensor_stats
 
 
-@contextlib.contextmanager
-def _autograd_scaling():
-    scale_weight = symmetry_module._scale_weight
-    symmetry_module._scale_weight = lambda w, f: w * f.reshape(*f.shape, *([1] * (w.ndim - f.ndim)))
-    try:
-        yield
-    finally:
-        symmetry_module._scale_weight = scale_weight
-
-
 CHANGES = {  # change: (what it replaced, as a context, the models it concerns)
     "normalise": (_autograd_normalisation, ("monomial_nfn", "transformer_nfn")),
     "np": (_concatenated_np_maps, ("np", "hnp")),
     "stats": (_sorted_statistics, ("statnet", "monomial_nfn_quasi")),
-    "scale": (_autograd_scaling, ("monomial_nfn_quasi",)),
 }
 
 

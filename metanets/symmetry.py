@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from metanets.canonical import canonicalize  # noqa: F401  (part of the public API: metanets.symmetry.canonicalize)
 from metanets.spec import PERM, PERM_SCALE, PERM_SIGN, NetworkSpec
@@ -156,47 +155,6 @@ def act(g: MonomialElement, ws: WeightSpace) -> WeightSpace:
     return act_rows_cols(g, g, ws)
 
 
-def _sum_kernel(t: torch.Tensor, kernel_ndim: int) -> torch.Tensor:
-    """Sum `t` (B, C, n, m, *kernel) over its kernel axes. Where those are innermost in memory, as a matrix
-    product with a vector of ones: torch's CPU reduction of 9 contiguous elements per output is several
-    times slower than the BLAS matrix-vector product."""
-    order = sorted(range(t.ndim), key=t.stride, reverse=True)
-    kernel = list(range(t.ndim - kernel_ndim, t.ndim))
-    p = t.permute(order)
-    if order[-kernel_ndim:] != kernel or not p.is_contiguous():
-        return t.sum(dim=tuple(kernel))
-    size = p.shape[-kernel_ndim:].numel()
-    summed = (p.reshape(-1, size) @ torch.ones(size, dtype=t.dtype, device=t.device)).reshape(p.shape[:-kernel_ndim])
-    outer = order[:-kernel_ndim]  # the remaining axes in memory order
-    return summed.permute(sorted(range(len(outer)), key=outer.__getitem__))
-
-
-class _ScaleKernels(torch.autograd.Function):
-    """w (B, C, n, m, *kernel) times factor (B, C or 1, n or 1, m or 1), broadcast over the kernel (and
-    wherever factor has size 1): autograd's backward for the factor sums over each kernel with a slow short
-    reduction; this one uses `_sum_kernel`."""
-
-    @staticmethod
-    def forward(ctx, w: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(w, factor)
-        return w * factor.reshape(*factor.shape, *([1] * (w.ndim - factor.ndim)))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        w, factor = ctx.saved_tensors
-        k = w.ndim - factor.ndim
-        grad_w = grad * factor.reshape(*factor.shape, *([1] * k)) if ctx.needs_input_grad[0] else None
-        grad_factor = _sum_kernel(grad * w, k).sum_to_size(factor.shape) if ctx.needs_input_grad[1] else None
-        return grad_w, grad_factor
-
-
-def _scale_weight(w: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    if w.ndim == factor.ndim or not (w.requires_grad or factor.requires_grad) or torch.compiler.is_compiling():
-        return w * factor.reshape(*factor.shape, *([1] * (w.ndim - factor.ndim)))
-    return _ScaleKernels.apply(w, factor)
-
-
 def scale_hidden(ws: WeightSpace, scales: tuple[torch.Tensor, ...]) -> WeightSpace:
     """Act with per-channel positive diagonal elements: scales[i] is (B, C, n_i) or (B, 1, n_i).
 
@@ -211,7 +169,7 @@ def scale_hidden(ws: WeightSpace, scales: tuple[torch.Tensor, ...]) -> WeightSpa
         rows = scales[i][..., :, None] if i < L - 1 else None
         cols = 1.0 / scales[i - 1][..., None, :] if i > 0 else None
         factor = rows * cols if rows is not None and cols is not None else (rows if cols is None else cols)
-        w = _scale_weight(w, factor)
+        w = w * factor.reshape(*factor.shape, *([1] * (w.ndim - 4)))
         if i < L - 1:
             b = b * scales[i]
         weights.append(w)

@@ -94,26 +94,3 @@ def test_sample_respects_ranges_and_generator():
     assert set(torch.cat(signs.scales).unique().tolist()) == {-1.0, 1.0}
     with pytest.raises(ValueError, match="scale range"):
         symmetry.sample(spec, 2, scale=(0.0, 1.0))
-
-
-@pytest.mark.parametrize("channel_last", [False, True])
-@pytest.mark.parametrize("factor_shape", [(2, 3, 4, 5), (2, 1, 4, 5), (2, 3, 4, 1), (2, 1, 1, 5)])
-def test_kernel_scaling_backward_is_the_gradient_of_the_product(factor_shape, channel_last):
-    """scale_hidden's weight scaling has its own backward (the factor's gradient sums each kernel by a
-    matrix product): gradcheck in float64, for a factor broadcast over channels or neurons (shared alpha,
-    first and last layers) and for the metanet layers' channel-last memory layout as for a contiguous one."""
-    from metanets.symmetry import _ScaleKernels, _sum_kernel
-
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(2, 3, 4, 5, 3, 3, dtype=torch.float64, generator=gen)
-    if channel_last:
-        w = w.permute(0, 2, 3, 1, 4, 5).contiguous().permute(0, 3, 1, 2, 4, 5)
-    w.requires_grad_()
-    factor = (0.5 + torch.rand(factor_shape, dtype=torch.float64, generator=gen)).requires_grad_()
-    out = _ScaleKernels.apply(w, factor)
-    torch.testing.assert_close(out, w * factor[..., None, None], rtol=0, atol=0)
-    assert torch.autograd.gradcheck(_ScaleKernels.apply, (w, factor))
-    t = w.detach() * 2.0  # same layout as w: kernel innermost (the matrix product) or not (the plain sum)
-    torch.testing.assert_close(_sum_kernel(t, 2), t.sum(dim=(-2, -1)))
-    odd = t.permute(0, 1, 4, 5, 2, 3).contiguous().permute(0, 1, 4, 5, 2, 3)  # kernel outermost in memory
-    torch.testing.assert_close(_sum_kernel(odd, 2), t.sum(dim=(-2, -1)))
