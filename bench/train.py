@@ -22,6 +22,8 @@ import statistics
 import tempfile
 import time
 
+from cluster.console import add_console_arguments, console
+
 
 def run(table: str, model: str, hidden: int, workers: int, epochs: int, batch: int, activation: str | None,
         cache: str, compile_model: bool = False, prefetch: int = 2, extra: tuple[str, ...] = ()):
@@ -69,16 +71,18 @@ def main() -> None:
                              "count; a value may repeat (0,2,0,2), its runs' medians are compared")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a further training override, e.g. --set data.train_networks=2400 (repeatable)")
+    add_console_arguments(parser)
     args = parser.parse_args()
     prefetches = [int(p) for p in args.prefetch.split(",")]
     rows = []
-    for workers in [int(w) for w in args.workers.split(",")]:
-        for prefetch in prefetches:
-            m = run(args.table, args.model, args.hidden, workers, args.epochs, args.batch_size, args.activation,
-                    args.cache, args.compile, prefetch, tuple(args.set))
-            rows.append((workers, prefetch, m["steady_networks_per_s"], m["steady_data_wait"],
-                         m["first_epoch_data_wait"], m["first_step_s"], m.get("worker_first_step_s", float("nan")),
-                         m["epoch_data_waits"]))
+    with console("bench-train", verbose=args.verbose):  # Ray's and DeepSpeed's own logs go to a file
+        for workers in [int(w) for w in args.workers.split(",")]:
+            for prefetch in prefetches:
+                m = run(args.table, args.model, args.hidden, workers, args.epochs, args.batch_size, args.activation,
+                        args.cache, args.compile, prefetch, tuple(args.set))
+                rows.append((workers, prefetch, m["steady_networks_per_s"], m["steady_data_wait"],
+                             m["first_epoch_data_wait"], m["first_step_s"],
+                             m.get("worker_first_step_s", float("nan")), m["epoch_data_waits"]))
     print(f"{args.model} (hidden {args.hidden}), batch {args.batch_size} per worker, {args.epochs} epochs, "
           f"data.cache={args.cache}, model.compile={str(args.compile).lower()}; networks/s and data wait: "
           f"median of the epochs after the first")
@@ -112,6 +116,7 @@ def main() -> None:
           f"{max(max(r[7][1:] or r[7]) for r in rows if r[1] == last) * 100:.1f}%")
     print("time to the first step (the first run includes Ray's start): "
           + ", ".join(f"{r[0]} worker(s) prefetch {r[1]} {r[5]:.1f} s" for r in rows))
+
 
 if __name__ == "__main__":
     main()
