@@ -41,6 +41,7 @@ def test_bad_input_is_refused_before_any_trial(ray_local, digits_cnn_table, tmp_
     assert not (tmp_path / "store" / "benchmark").exists()  # nothing ran, nothing was written
 
 
+@pytest.mark.ci  # about 2 minutes: CI runs it after the default suite (make test-ci)
 def test_trials_run_concurrently_rerun_skips_and_failures_are_kept_apart(ray_local, digits_cnn_table, tmp_path,
                                                                          monkeypatch, capsys):
     from mlflow import MlflowClient
