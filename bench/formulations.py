@@ -6,9 +6,9 @@ Same weights, steps alternating:
   (divide by the largest |component|, then by the norm);
 - `np`: NPLinear's block-wise map (parts constant along an axis mapped at their reduced size) against
   the map of their full-size concatenation (`concatenated=True`);
-- `stats`: the weight statistics' order statistics located by numpy's argpartition (`tensor_stats`'
-  default on CPU) against torch's full sort of each row (`method="sort"`), in STATNet and in the input
-  quasi layer's alpha.
+- `stats`: the weight statistics' order statistics from numpy (`tensor_stats`' default on CPU: numpy's
+  sort, or argpartition where a gradient is needed) against torch's sort of each row (`method="sort"`),
+  in STATNet and in the input quasi layer's alpha.
 
     python bench/formulations.py [--batch 64] [--repeats 20] [--threads 1] [--change normalise|np|stats|all]
                                  [--models ...]

@@ -83,6 +83,10 @@ def main() -> None:
                 rows.append((workers, prefetch, m["steady_networks_per_s"], m["steady_data_wait"],
                              m["first_epoch_data_wait"], m["first_step_s"],
                              m.get("worker_first_step_s", float("nan")), m["epoch_data_waits"]))
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()  # inside the console, so that Ray Train's clean-up messages go to the log file too
     print(f"{args.model} (hidden {args.hidden}), batch {args.batch_size} per worker, {args.epochs} epochs, "
           f"data.cache={args.cache}, model.compile={str(args.compile).lower()}; networks/s and data wait: "
           f"median of the epochs after the first")

@@ -81,8 +81,7 @@ class TransformerAlpha(nn.Module):
             group = [n for n in names if flat[n].shape[-1] == size]
             stacked = torch.stack([flat[n] for n in group], dim=2)  # (B, L, G, size)
             rows = stacked.reshape(-1, size)
-            if rows.dtype in _HALF:  # quantile positions such as 511 are not representable in bf16
-                rows = rows.float()
+            # (tensor_stats computes low-precision rows in float32)
             stats = tensor_stats(rows).to(stacked.dtype).reshape(B, L, len(group), NUM_STATS)
             out.update({n: stats[:, :, i] for i, n in enumerate(group)})
         return torch.stack([out[n] for n in names], dim=2).reshape(B, -1)
