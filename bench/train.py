@@ -8,9 +8,10 @@ Runs `training.main` once per worker count and `data.prefetch` value in this pro
 for each, the prefetch values in the order given), MLflow off, a checkpoint every epoch (all kept, so every
 epoch's metrics come back). Prints, per run, networks/s and the fraction of step time spent waiting for the
 input pipeline (goal: under 10%) as the median of the epochs after the first, the first epoch's data wait
-(it includes the first read of the split), and the time to the first optimiser step: from the call to
-`training.main` (table checks, Ray start on the first run, dataset set-up) and from the worker's start
-(DeepSpeed set-up, compilation with --compile, the first batch). Then each prefetch value's networks/s and
+(it includes the first read of the split) and the seconds of it spent waiting for the first batch, and the
+time to the first optimiser step: from the call to `training.main` (table checks, Ray start on the first
+run, dataset set-up) and from the worker's start (DeepSpeed set-up, compilation with --compile, the first
+batch). Then each prefetch value's networks/s and
 data wait against the first value's (`--prefetch 0,2`: the inline input pipeline against a 2-batch
 background producer; `0,2,0,2` compares medians of two runs each) and the 2-worker / 1-worker speed-up.
 """
@@ -47,6 +48,7 @@ def run(table: str, model: str, hidden: int, workers: int, epochs: int, batch: i
     if len(history) != epochs or [m["epoch"] for m in history] != list(range(epochs)):
         raise RuntimeError(f"expected the metrics of epochs 0-{epochs - 1}, got epochs {[m['epoch'] for m in history]}")
     metrics["first_epoch_data_wait"] = history[0]["data_wait_fraction"]
+    metrics["first_batch_wait_s"] = history[0].get("first_batch_wait_s", float("nan"))  # of the first epoch's wait
     steady = history[1:] or history  # the epochs after the first read of the split
     metrics["steady_networks_per_s"] = statistics.median(m["train_networks_per_s"] for m in steady)
     metrics["steady_data_wait"] = statistics.median(m["data_wait_fraction"] for m in steady)
@@ -81,7 +83,7 @@ def main() -> None:
                 m = run(args.table, args.model, args.hidden, workers, args.epochs, args.batch_size, args.activation,
                         args.cache, args.compile, prefetch, tuple(args.set))
                 rows.append((workers, prefetch, m["steady_networks_per_s"], m["steady_data_wait"],
-                             m["first_epoch_data_wait"], m["first_step_s"],
+                             m["first_epoch_data_wait"], m["first_batch_wait_s"], m["first_step_s"],
                              m.get("worker_first_step_s", float("nan")), m["epoch_data_waits"]))
         import ray
 
@@ -90,11 +92,11 @@ def main() -> None:
     print(f"{args.model} (hidden {args.hidden}), batch {args.batch_size} per worker, {args.epochs} epochs, "
           f"data.cache={args.cache}, model.compile={str(args.compile).lower()}; networks/s and data wait: "
           f"median of the epochs after the first")
-    print(f"{'workers':>8}{'prefetch':>9}{'networks/s':>12}{'data wait':>11}{'1st epoch':>11}{'first step s':>14}"
-          f"{'in worker s':>13}")
-    for w, p, rate, wait, first_wait, first, in_worker, _ in rows:
-        print(f"{w:>8}{p:>9}{rate:>12.1f}{wait * 100:>10.1f}%{first_wait * 100:>10.1f}%{first:>14.1f}"
-              f"{in_worker:>13.1f}")
+    print(f"{'workers':>8}{'prefetch':>9}{'networks/s':>12}{'data wait':>11}{'1st epoch':>11}{'1st batch s':>13}"
+          f"{'first step s':>14}{'in worker s':>13}")
+    for w, p, rate, wait, first_wait, first_batch, first, in_worker, _ in rows:
+        print(f"{w:>8}{p:>9}{rate:>12.1f}{wait * 100:>10.1f}%{first_wait * 100:>10.1f}%{first_batch:>13.2f}"
+              f"{first:>14.1f}{in_worker:>13.1f}")
     for w, p, *_, waits in rows:  # a median can hide slow epochs (e.g. every other one)
         print(f"data wait by epoch, {w} worker(s), prefetch {p}: " + " ".join(f"{x * 100:.1f}%" for x in waits))
 
@@ -117,9 +119,9 @@ def main() -> None:
               f"{median(counts[1], last, 2) / median(counts[0], last, 2):.2f}")
     print(f"data-wait fraction (goal < 10%) with prefetch {last}: median "
           f"{max(r[3] for r in rows if r[1] == last) * 100:.1f}% at most; slowest epoch after the first "
-          f"{max(max(r[7][1:] or r[7]) for r in rows if r[1] == last) * 100:.1f}%")
+          f"{max(max(r[8][1:] or r[8]) for r in rows if r[1] == last) * 100:.1f}%")
     print("time to the first step (the first run includes Ray's start): "
-          + ", ".join(f"{r[0]} worker(s) prefetch {r[1]} {r[5]:.1f} s" for r in rows))
+          + ", ".join(f"{r[0]} worker(s) prefetch {r[1]} {r[6]:.1f} s" for r in rows))
 
 
 if __name__ == "__main__":

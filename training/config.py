@@ -33,7 +33,8 @@ class DataConfig(Strict):
                                 "subset lies inside a bigger one and every family and seed gets the same "
                                 "networks; validation and test splits are unchanged. None: all")
     target: str = Field("test_accuracy", description="metric column to regress, or 'label' to classify")
-    shuffle_buffer: int = Field(512, ge=1, description="rows in the per-worker shuffle buffer")
+    shuffle_buffer: int = Field(512, ge=1, description="a streamed epoch draws each batch from at least this "
+                                                       "many of the worker's rows (a kept split: from all)")
     prefetch: int = Field(
         2, ge=0, description="training batches a background thread per worker reads, converts and augments "
                              "ahead of the step (and the next epoch's read it starts while the epoch ends, "
@@ -41,7 +42,9 @@ class DataConfig(Strict):
     cache: Literal["auto", "always", "never"] = Field(
         "auto", description="keep the filtered training split in Ray's object store after the first read "
                             "(it spills to disk when full) instead of reading the Parquet shards every epoch; "
-                            "auto: when it takes at most a quarter of the object store")
+                            "auto: when it takes at most a quarter of the object store. A split that small "
+                            "(auto or always) is also kept by each worker, its own rows in its own memory, "
+                            "after its first complete epoch: later epochs shuffle them without a read")
     read_cpus: float | None = Field(
         None, gt=0, description="logical CPUs the training split's reading (Ray Data tasks) may hold at once; "
                                 "None: what the cluster has free. Trials sharing a cluster each get a share "

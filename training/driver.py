@@ -195,6 +195,7 @@ def main(cfg: TrainConfig) -> TrainResult:
             train_loop_config={
                 "cfg": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "out_dim": out_dim, "card": card,
                 "train_rows_per_worker": rows[cfg.data.train_split] // cfg.scaling.num_workers,
+                "keep_rows": keep_rows_in_workers(cfg, spec, rows[cfg.data.train_split], store_bytes),
                 "tracking_uri": tracking_uri, "run_id": run_id, "fault_marker": marker, "arch_id": arch_id,
                 "progress": relay.sink,
             },
@@ -317,8 +318,18 @@ def cache_training_split(cfg: TrainConfig, spec, rows: int, object_store_bytes: 
     """
     if cfg.data.cache != "auto":
         return cfg.data.cache == "always"
-    estimate = rows * (spec.num_params * 4 + 256)  # float32 weights plus the target and row overhead
-    return estimate <= 0.25 * object_store_bytes
+    return _split_bytes(spec, rows) <= 0.25 * object_store_bytes
+
+
+def keep_rows_in_workers(cfg: TrainConfig, spec, rows: int, object_store_bytes: float) -> bool:
+    """Whether each worker keeps its rows in its own memory after its first complete epoch
+    (`training.inputs.ShardRows`), so later epochs read nothing: unless `data.cache` is `never`, for a
+    split of at most a quarter of the object store (spread over the workers), as for `auto` caching."""
+    return cfg.data.cache != "never" and _split_bytes(spec, rows) <= 0.25 * object_store_bytes
+
+
+def _split_bytes(spec, rows: int) -> float:
+    return rows * (spec.num_params * 4 + 256)  # float32 weights plus the target and row overhead
 
 
 def _best_checkpoint(result, primary: str):

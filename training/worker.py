@@ -114,7 +114,8 @@ def train_loop_per_worker(config: dict) -> None:
     dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     checkpoint = ray.train.get_checkpoint()
-    inputs = TrainingInputs(ray.train.get_dataset_shard("train"), cfg, spec, rank=rank, device=device, dtype=dtype)
+    inputs = TrainingInputs(ray.train.get_dataset_shard("train"), cfg, spec, rank=rank, device=device, dtype=dtype,
+                            keep=bool(config.get("keep_rows")))
     if checkpoint is None:  # a fresh run starts at epoch 0: its first read overlaps the model's set-up
         inputs.start(0)
     try:
@@ -172,13 +173,15 @@ def _train(config: dict, cfg: TrainConfig, spec, rank: int, world: int, device, 
 
     for epoch in range(start_epoch, cfg.epochs):
         _maybe_inject_fault(cfg, epoch, rank, config.get("fault_marker"))
-        losses, rows, waited = [], 0, 0.0
+        losses, rows, waited, first_wait = [], 0, 0.0, None
         skipped_before = engine.skipped_steps
         epoch_start = tick = time.perf_counter()
         for ws, y in inputs.epoch(epoch):  # read, converted and augmented inline or by the prefetcher
             if reservoir is not None:
                 reservoir.offer(ws)
-            waited += time.perf_counter() - tick  # time the step spent waiting for its input
+            wait = time.perf_counter() - tick  # time the step spent waiting for its input
+            waited += wait
+            first_wait = wait if first_wait is None else first_wait
             loss = compute_loss(cfg, engine(ws), y)
             engine.backward(loss)
             engine.step()
@@ -191,7 +194,8 @@ def _train(config: dict, cfg: TrainConfig, spec, rank: int, world: int, device, 
                 progress.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
             tick = time.perf_counter()
         seconds = time.perf_counter() - epoch_start
-        stats = torch.tensor([sum(losses), len(losses), rows, waited, seconds], dtype=torch.float64)
+        stats = torch.tensor([sum(losses), len(losses), rows, waited, seconds, first_wait or 0.0],
+                             dtype=torch.float64)
         if world > 1:
             torch.distributed.all_reduce(stats)
         # DeepSpeed skips (and counts) a step whose gradients are not finite; the overflow check is
@@ -202,6 +206,7 @@ def _train(config: dict, cfg: TrainConfig, spec, rank: int, world: int, device, 
             "train_rows": float(stats[2]),  # checkpoints trained on this epoch, all workers together
             "train_networks_per_s": float(stats[2] / max(stats[4] / world, 1e-9)),
             "data_wait_fraction": float(stats[3] / max(stats[4], 1e-9)),
+            "first_batch_wait_s": float(stats[5] / world),  # of it, the wait for the epoch's first batch
             "skipped_steps": skipped,
         }
         if first_step_at is not None:  # start-up: DeepSpeed set-up, compilation, the first batch

@@ -83,7 +83,7 @@ def test_classification_task_uses_cross_entropy():
 def test_training_split_is_cached_only_when_small_or_asked():
     from types import SimpleNamespace
 
-    from training.driver import cache_training_split
+    from training.driver import cache_training_split, keep_rows_in_workers
 
     spec = SimpleNamespace(num_params=1000)  # ~4.3 kB a row
     auto = load_config(None, ["data.table=t", "model.name=monomial_nfn"])
@@ -93,6 +93,12 @@ def test_training_split_is_cached_only_when_small_or_asked():
     assert not cache_training_split(never, spec, rows=10, object_store_bytes=1e9)
     always = load_config(None, ["data.table=t", "model.name=monomial_nfn", "data.cache=always"])
     assert cache_training_split(always, spec, rows=1_000_000, object_store_bytes=1e9)
+    # workers keep their rows in their own memory only for a small split, and never with data.cache: never
+    assert keep_rows_in_workers(auto, spec, rows=1000, object_store_bytes=1e9)
+    assert not keep_rows_in_workers(auto, spec, rows=1_000_000, object_store_bytes=1e9)
+    assert not keep_rows_in_workers(always, spec, rows=1_000_000, object_store_bytes=1e9)  # spills, not kept
+    assert keep_rows_in_workers(always, spec, rows=1000, object_store_bytes=1e9)
+    assert not keep_rows_in_workers(never, spec, rows=10, object_store_bytes=1e9)
     with pytest.raises(ConfigError, match="data.cache"):
         load_config(None, ["data.table=t", "model.name=monomial_nfn", "data.cache=sometimes"])
 
