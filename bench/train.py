@@ -11,9 +11,9 @@ input pipeline (goal: under 10%) as the median of the epochs after the first, th
 (it includes the first read of the split) and the seconds of it spent waiting for the first batch, and the
 time to the first optimiser step: from the call to `training.main` (table checks, Ray start on the first
 run, dataset set-up) and from the worker's start (DeepSpeed set-up, compilation with --compile, the first
-batch). Then each prefetch value's networks/s and
-data wait against the first value's (`--prefetch 0,2`: the inline input pipeline against a 2-batch
-background producer; `0,2,0,2` compares medians of two runs each) and the 2-worker / 1-worker speed-up.
+batch). Then each prefetch value's networks/s and data wait against the first value's (`--prefetch 0,2`:
+the inline input pipeline against a 2-batch background producer; `0,2,0,2` compares medians of two runs
+each) and the 2-worker / 1-worker speed-up.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--activation", default="relu")
     parser.add_argument("--cache", default="auto", choices=["auto", "always", "never"],
-                        help="data.cache: keep the training split in the object store across epochs")
+                        help="data.cache: keep the training split in the object store across epochs "
+                             "(and a small one in each worker's memory after its first epoch)")
     parser.add_argument("--compile", action="store_true", help="model.compile=true")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts, run in this order")
     parser.add_argument("--prefetch", default="2",

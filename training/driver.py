@@ -323,8 +323,8 @@ def cache_training_split(cfg: TrainConfig, spec, rows: int, object_store_bytes: 
 
 def keep_rows_in_workers(cfg: TrainConfig, spec, rows: int, object_store_bytes: float) -> bool:
     """Whether each worker keeps its rows in its own memory after its first complete epoch
-    (`training.inputs.ShardRows`), so later epochs read nothing: unless `data.cache` is `never`, for a
-    split of at most a quarter of the object store (spread over the workers), as for `auto` caching."""
+    (`training.inputs.ShardRows`), so later epochs read nothing: for a split of at most a quarter of the
+    object store (the `auto` caching rule; each worker holds its share), unless `data.cache` is `never`."""
     return cfg.data.cache != "never" and _split_bytes(spec, rows) <= 0.25 * object_store_bytes
 
 
