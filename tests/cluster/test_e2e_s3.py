@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.e2e]
+# about 2.5 minutes with its servers: CI runs it after the default suite (make test-ci)
+pytestmark = [pytest.mark.ray, pytest.mark.e2e, pytest.mark.ci]
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ def test_config_names_a_bad_metric_or_patience():
 
 
 @pytest.mark.ray
+@pytest.mark.ci  # about 50 s (a training, a killed worker and a restart): CI runs it after the default suite
 def test_training_stops_early_and_resumes_its_state_after_a_restart(digits_cnn_table, tmp_path):
     """patience 2 with a huge min_delta: epoch 0 sets the best, epochs 1 and 2 do not improve -> stop
     after 3 of 6 epochs. The worker dies at the start of epoch 2 and the group resumes from a kept

@@ -84,6 +84,7 @@ def test_champion_moves_only_when_beaten(tmp_path):
     assert str(client.get_model_version_by_alias("m", "champion").version) == str(versions[2])
 
 
+@pytest.mark.ci  # about 100 s (two full trainings and a restart): CI runs it after the default suite
 def test_dead_worker_resumes_from_checkpoint_with_same_steps(digits_cnn_table, tmp_path):
     """A worker process is killed at the start of epoch 2; Ray Train restarts and resumes from epoch 1.
     The reference run keeps its (small) training split in the object store; the killed one streams it
