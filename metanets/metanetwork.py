@@ -44,6 +44,19 @@ class Metanetwork(nn.Module):
         feat = self.body(ws)
         return self.quasi(feat, ws) if self.quasi is not None else feat
 
+    def pooled(self, ws):
+        """`pool(features(ws))`. A quasi layer whose output is `scale_hidden(feature, scales)`
+        (`unscaled_and_scales`) hands both to a pool that takes scales (`accepts_scales`), which folds the
+        scaling into its normalisation: the same function, without the full-size scaled feature."""
+        feat = self.body(ws)
+        if self.quasi is None:
+            return self.pool(feat)
+        split = getattr(self.quasi, "unscaled_and_scales", None)
+        if split is not None and getattr(self.pool, "accepts_scales", False):
+            feature, scales = split(feat, ws)
+            return self.pool(feature, scales=scales)
+        return self.pool(self.quasi(feat, ws))
+
     def forward(self, ws) -> torch.Tensor:
         ws = self.check_input(ws)
-        return self.head(self.pool(self.features(ws)))
+        return self.head(self.pooled(ws))

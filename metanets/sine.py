@@ -133,6 +133,9 @@ class PhaseCanonical(torch.nn.Module):
     def features(self, ws: WeightSpace) -> WeightSpace:
         return self.model.features(canonicalize_phase(ws, self.omega_0))
 
+    def pooled(self, ws: WeightSpace) -> torch.Tensor:
+        return self.model.pooled(canonicalize_phase(ws, self.omega_0))
+
     def forward(self, ws: WeightSpace) -> torch.Tensor:
         return self.model(canonicalize_phase(ws, self.omega_0))
 

@@ -164,14 +164,22 @@ def scale_hidden(ws: WeightSpace, scales: tuple[torch.Tensor, ...]) -> WeightSpa
     """
     L = ws.spec.num_layers
     weights, biases = [], []
-    for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
-        # one (B, C, n, m) factor per layer, so the large tensor is touched once
-        rows = scales[i][..., :, None] if i < L - 1 else None
-        cols = 1.0 / scales[i - 1][..., None, :] if i > 0 else None
-        factor = rows * cols if rows is not None and cols is not None else (rows if cols is None else cols)
+    # one (B, C, n, m) factor per layer, so the large tensor is touched once
+    for i, (w, b, factor) in enumerate(zip(ws.weights, ws.biases, hidden_scale_factors(L, scales))):
         w = w * factor.reshape(*factor.shape, *([1] * (w.ndim - 4)))
         if i < L - 1:
             b = b * scales[i]
         weights.append(w)
         biases.append(b)
     return WeightSpace(ws.spec, tuple(weights), tuple(biases))
+
+
+def hidden_scale_factors(num_layers: int, scales: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Per layer i, the factor `scale_hidden` multiplies W_i by: a_i[c] (rows) over a_{i-1}[c] (columns),
+    (B, C or 1, n_i or 1, n_{i-1} or 1): the first layer's input axis and the last's output axis are fixed."""
+    out = []
+    for i in range(num_layers):
+        rows = scales[i][..., :, None] if i < num_layers - 1 else None
+        cols = 1.0 / scales[i - 1][..., None, :] if i > 0 else None
+        out.append(rows * cols if rows is not None and cols is not None else (rows if cols is None else cols))
+    return out

@@ -67,7 +67,7 @@ class FlatInputModel(nn.Module):
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
         # no data-dependent input checks here, so the wrapper exports to MLflow's pickle-free pt2 format
         ws = weight_space_class(self.model.spec).from_flat(flat.to(torch.float32), self.model.spec)
-        return self.model.head(self.model.pool(self.model.features(ws)))
+        return self.model.head(self.model.pooled(ws))
 
 
 def example_input(spec: NetworkSpec, n: int = 2) -> np.ndarray:

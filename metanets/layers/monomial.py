@@ -9,11 +9,20 @@ homogeneous (no additive constants) so they commute with every scale and sign.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from metanets.layers.common import ChannelLinear, flat_kernel, normalise_channels, unflat_kernel
+from metanets.layers.common import (
+    ChannelLinear,
+    flat_kernel,
+    normalise_channels,
+    normalise_scaled_channels,
+    unflat_kernel,
+)
 from metanets.spec import PERM_SCALE, PERM_SIGN, NetworkSpec, SpecError
+from metanets.symmetry import hidden_scale_factors
 from metanets.weight_space import WeightSpace
 
 
@@ -71,6 +80,7 @@ class MonomialInvariantPool(nn.Module):
         if spec.group not in (PERM_SCALE, PERM_SIGN):
             raise SpecError(f"Monomial-NFN pooling needs a perm_scale or perm_sign group, not {spec.group}")
         self.spec, self.channels = spec, channels
+        self.accepts_scales = spec.group == PERM_SCALE  # forward(ws, scales): the quasi scaling folded in
         first, last = spec.layers[0], spec.layers[-1]
         self.out_dim = (
             channels * first.kernel_size * first.n_in
@@ -80,17 +90,31 @@ class MonomialInvariantPool(nn.Module):
             + channels * last.n_out
         )
 
-    def _cancel(self, t: torch.Tensor) -> torch.Tensor:
+    def _cancel(self, t: torch.Tensor, factor: torch.Tensor | None = None, k: int = 1) -> torch.Tensor:
+        if factor is not None:  # only with scales, which perm_scale alone accepts (forward)
+            return normalise_scaled_channels(t, factor, k)
         if self.spec.group == PERM_SCALE:
             return normalise_channels(t)
         return torch.tanh(t).abs()
 
-    def forward(self, ws: WeightSpace) -> torch.Tensor:
+    def forward(self, ws: WeightSpace, scales: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """`scales`: pool `scale_hidden(ws, scales)` instead (the quasi layer's alpha, each (B, C or 1, n_i)),
+        with the scaling folded into the channel normalisation, so the scaled feature is never formed."""
         B, L = ws.batch_size, self.spec.num_layers
-        parts = [self._cancel(flat_kernel(ws.weights[0])).mean(dim=2).reshape(B, -1)]
+        if scales is not None and self.spec.group != PERM_SCALE:
+            raise SpecError(f"pooling with scales needs the perm_scale group, not {self.spec.group}")
+        factors = [None] * L if scales is None else [
+            f.expand(*w.shape[:4]) for f, w in zip(hidden_scale_factors(L, scales), ws.weights)]
+
+        def cancel(w, i):  # kernel positions ride along as channels (flat_kernel): k per hidden channel
+            return self._cancel(flat_kernel(w), factors[i], math.prod(w.shape[4:]))
+
+        parts = [cancel(ws.weights[0], 0).mean(dim=2).reshape(B, -1)]
         for i in range(1, L - 1):
-            parts.append(self._cancel(flat_kernel(ws.weights[i])).mean(dim=(2, 3)))
-        parts.append(self._cancel(flat_kernel(ws.weights[-1])).mean(dim=3).reshape(B, -1))
-        parts += [self._cancel(b).mean(dim=2) for b in ws.biases[:-1]]
+            parts.append(cancel(ws.weights[i], i).mean(dim=(2, 3)))
+        parts.append(cancel(ws.weights[-1], L - 1).mean(dim=3).reshape(B, -1))
+        for i, b in enumerate(ws.biases[:-1]):
+            parts.append(self._cancel(b, None if scales is None else scales[i].expand_as(b)).mean(dim=2))
         parts.append(ws.biases[-1].reshape(B, -1))
         return torch.cat(parts, dim=1)
+

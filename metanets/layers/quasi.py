@@ -65,5 +65,9 @@ class QuasiScale(nn.Module):
         super().__init__()
         self.alpha = AlphaNetwork(spec, channels, eps, alpha_mode, hidden)
 
+    def unscaled_and_scales(self, feature: WeightSpace, theta: WeightSpace):
+        """(feature, alpha(theta)): `forward` is `scale_hidden` of the two (`Metanetwork.pooled` folds it)."""
+        return feature, self.alpha(theta)
+
     def forward(self, feature: WeightSpace, theta: WeightSpace) -> WeightSpace:
-        return scale_hidden(feature, self.alpha(theta))
+        return scale_hidden(*self.unscaled_and_scales(feature, theta))

@@ -126,5 +126,10 @@ class FeatureQuasiLayer(nn.Module):
         super().__init__()
         self.last, self.alpha = last, alpha
 
+    def unscaled_and_scales(self, feature: WeightSpace, theta: WeightSpace):
+        """(ReLU(last(x)), alpha(x)): a positive scale commutes with ReLU, so `forward` is `scale_hidden` of
+        the two (`Metanetwork.pooled` folds it into the pool)."""
+        return self.last(feature).map(torch.relu), self.alpha(feature)
+
     def forward(self, feature: WeightSpace, theta: WeightSpace) -> WeightSpace:
-        return scale_hidden(self.last(feature), self.alpha(feature)).map(torch.relu)
+        return scale_hidden(*self.unscaled_and_scales(feature, theta))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from metanets import NetworkSpec, WeightSpace, symmetry
-from metanets.layers.common import in_memory_order, normalise_channels, safe_sqrt
+from metanets.layers.common import in_memory_order, normalise_channels, normalise_scaled_channels, safe_sqrt
 from metanets.layers.monomial import MonomialLinear
 from metanets.layers.np_layers import NPLinear
 from metanets.layers.quasi import QuasiScale
@@ -199,6 +199,42 @@ def test_channel_normalisation_closed_form_backward_matches_autograd():
     with pytest.raises(RuntimeError):  # the backward is closed-form, not differentiable twice
         grad = torch.autograd.grad(normalise_channels(leaf).sum(dim=(2, 3))[0, 0], leaf, create_graph=True)[0]
         grad.sum().backward()
+
+
+@pytest.mark.parametrize("layout", ["channel_last", "contiguous"])
+@pytest.mark.parametrize("k", [1, 9])
+def test_scaled_channel_normalisation_equals_normalising_the_product(layout, k):
+    """normalise_scaled_channels(t, f, k) is normalise_channels of t times f repeated over each group of k
+    channels, in float64: values, gradients in t and f (also for a vector of decayed ~1e-22 weights), and
+    gradcheck; an all-zero vector maps to zero with zero gradients. Both layouts: axis 1 innermost in
+    memory (the channel maps' outputs; group sums by a matrix-vector product) and contiguous."""
+    gen = torch.Generator().manual_seed(2)
+    groups = 3
+
+    def make(t):
+        return t.movedim(1, -1).contiguous().movedim(-1, 1) if layout == "channel_last" else t.contiguous()
+
+    t = make(torch.randn(2, groups * k, 4, 5, generator=gen, dtype=torch.float64))
+    f = 0.2 + 1.6 * torch.rand(2, groups, 4, 5, generator=gen, dtype=torch.float64)
+    assert (t.stride(1) == 1) == (layout == "channel_last")
+    assert torch.autograd.gradcheck(lambda a, b: normalise_scaled_channels(a, b, k),
+                                    (t.clone().requires_grad_(True), f.clone().requires_grad_(True)))
+    t[0, :, 1, 2] = 0.0
+    t[1, :, 2, 3] *= 1e-22
+    leaf, scale = t.clone().requires_grad_(True), f.clone().requires_grad_(True)
+    ref_leaf, ref_scale = t.clone().requires_grad_(True), f.clone().requires_grad_(True)
+    out = normalise_scaled_channels(leaf, scale, k)
+    ref = normalise_channels(ref_leaf * ref_scale.repeat_interleave(k, dim=1))
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-14)
+    assert out.stride() == t.stride()  # the input's layout, as the pool's means expect
+    weight = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    (out * weight).sum().backward()
+    (ref * weight).sum().backward()
+    torch.testing.assert_close(leaf.grad, ref_leaf.grad, rtol=1e-10, atol=0)
+    torch.testing.assert_close(scale.grad, ref_scale.grad, rtol=1e-10, atol=1e-14)
+    assert (out[0, :, 1, 2] == 0).all() and (leaf.grad[0, :, 1, 2] == 0).all() and (scale.grad[0, :, 1, 2] == 0).all()
+    with pytest.raises(ValueError, match="normalise_scaled_channels"):
+        normalise_scaled_channels(t, f[:, :2], k)
 
 
 def test_activation_runs_in_memory_order_and_keeps_the_layout():

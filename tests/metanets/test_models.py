@@ -118,6 +118,35 @@ def test_shared_quasi_equals_its_backbone():
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"alpha_mode": "shared"}, {"alpha_source": "feature"},
+                                    {"alpha_source": "feature", "alpha_mode": "shared"}])
+def test_quasi_scaling_folded_into_the_pool_is_the_same_function(kwargs, monkeypatch):
+    """The forward pass folds the quasi scaling into the pool's channel normalisation
+    (`Metanetwork.pooled`), never forming the scaled feature; it equals pooling the explicitly scaled
+    feature (`features`), outputs and every parameter's gradient, in float64."""
+    spec, ws = _ws("cnn-relu")
+    model = _build("monomial_nfn_quasi", spec, eps=0.5, **kwargs)
+    params = list(model.parameters())
+    ref = model.head(model.pool(model.features(ws)))
+    ref_grads = torch.autograd.grad(ref.square().sum(), params, allow_unused=True)
+    import metanets.layers.quasi as quasi_input
+    import metanets.layers.quasi_feature as quasi_feature
+
+    def unfolded(*args):
+        raise AssertionError("the forward pass formed the scaled feature")
+
+    monkeypatch.setattr(quasi_input, "scale_hidden", unfolded)
+    monkeypatch.setattr(quasi_feature, "scale_hidden", unfolded)
+    out = model(ws)
+    grads = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-13)
+    size = max(float(g.abs().max()) for g in ref_grads if g is not None)
+    for g, r in zip(grads, ref_grads):  # a shared alpha's own gradients are 0 up to rounding (fact 1)
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12 * size)
+
+
 def test_per_channel_quasi_changes_output_and_its_invariance_error_grows_with_eps():
     """DESIGN.md fact 2: per-channel alpha changes the output; invariance is approximate and measured."""
     spec, ws = _ws("cnn-relu")

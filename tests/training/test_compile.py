@@ -67,6 +67,25 @@ def test_compiled_model_matches_eager_and_stays_invariant(name, activation):
     _compiled_matches_eager(name, activation, "aot_eager")
 
 
+@pytest.mark.parametrize("alpha_source", ["input", "feature"])
+def test_compiled_per_channel_quasi_matches_eager(alpha_source):
+    """The per-channel quasi model, whose scaling the forward pass folds into the pool's normalisation (a
+    custom autograd function), compiles and gives the eager outputs and gradients (float64)."""
+    spec, ws = _spec_and_batch("relu")
+    kwargs = {"hidden": 3, "num_layers": 2, "head_hidden": 8, "alpha_source": alpha_source, "eps": 0.5}
+    torch.manual_seed(0)
+    eager = build_model("monomial_nfn_quasi", spec, **kwargs).double()
+    model = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    model.compile(backend="aot_eager", fullgraph=False)
+    out, ref = model(ws), eager(ws)
+    torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE[torch.float64])
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for (key, p), q in zip(model.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=f"gradient of {key}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,activation", [("monomial_nfn", "relu"), ("hnp", "relu"), ("np", "tanh")])
 def test_inductor_compiled_model_matches_eager_and_stays_invariant(name, activation):
