@@ -27,6 +27,14 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > _floor(x.dtype), x, torch.ones_like(x)).sqrt()
 
 
+def _inverse_top(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per entry, whether the largest |component| over axis 1 is a normal number (`ok`), and 1 / it (1 where
+    not): the stable normalisations' first step, two reads (amax and amin)."""
+    top = torch.maximum(t.amax(dim=1, keepdim=True), t.amin(dim=1, keepdim=True).neg())
+    ok = top >= torch.finfo(t.dtype).tiny  # 1 / top is then finite in t's dtype
+    return ok, torch.where(ok, top, torch.ones_like(top)).reciprocal()
+
+
 class _NormaliseChannels(torch.autograd.Function):
     """y = t / |t| over axis 1, with the closed-form backward dt = (dy - y <y, dy>) / |t|.
 
@@ -41,11 +49,9 @@ class _NormaliseChannels(torch.autograd.Function):
         # [1, C]: vectors of dead units whose weights decayed to ~1e-22 neither underflow nor lose digits
         # (amax and amin, and a sum of squares: torch.linalg.vector_norm reduces a non-innermost axis many
         # times slower on CPU)
-        top = torch.maximum(t.amax(dim=1, keepdim=True), t.amin(dim=1, keepdim=True).neg())
-        ok = top >= torch.finfo(t.dtype).tiny  # 1 / top is then finite in t's dtype
-        c = torch.where(ok, top, torch.ones_like(top)).reciprocal()
+        ok, c = _inverse_top(t)
         u = t * c
-        inv = torch.where(ok, c / (u * u).sum(dim=1, keepdim=True).sqrt(), torch.zeros_like(top))
+        inv = torch.where(ok, c / (u * u).sum(dim=1, keepdim=True).sqrt(), torch.zeros_like(c))
         y = t * inv
         ctx.save_for_backward(y, inv)
         return y
@@ -139,15 +145,14 @@ class _NormaliseScaledChannels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: torch.Tensor, f: torch.Tensor, k: int) -> torch.Tensor:
         C = f.shape[1]
-        # the largest |component| of t (not of z): f is bounded away from 0 and infinity (alpha's range), so
+        # 1 / the largest |component| of t (not of z): f is bounded away from 0 and infinity (alpha's range), so
         # |z|^2 / top^2 stays far from under- and overflow, and dead units' tiny vectors are handled as before
-        top = torch.maximum(t.amax(dim=1, keepdim=True), t.amin(dim=1, keepdim=True).neg())
-        ok = top >= torch.finfo(t.dtype).tiny
-        cf = torch.where(ok, top, torch.ones_like(top)).reciprocal() * f  # (B, C, *rest)
+        ok, c = _inverse_top(t)
+        cf = c * f  # (B, C, *rest)
         y = torch.empty_like(t)  # t's memory layout (channel-last behind the view), as t * scalar would keep
         torch.mul(t.unflatten(1, (C, k)), cf.unsqueeze(2), out=y.unflatten(1, (C, k)))
         q = _group_sums(y * y, k)  # (B, C, *rest): per group, then over the groups
-        r = torch.where(ok, q.sum(dim=1, keepdim=True).rsqrt(), torch.zeros_like(top))
+        r = torch.where(ok, q.sum(dim=1, keepdim=True).rsqrt(), torch.zeros_like(c))
         y.mul_(r)
         ctx.k = k
         ctx.save_for_backward(y, cf * r, f, q * (r * r))

@@ -117,4 +117,3 @@ class MonomialInvariantPool(nn.Module):
             parts.append(self._cancel(b, None if scales is None else scales[i].expand_as(b)).mean(dim=2))
         parts.append(ws.biases[-1].reshape(B, -1))
         return torch.cat(parts, dim=1)
-
