@@ -40,11 +40,9 @@ def _take(columns: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.
 
 def _dense(batch: Mapping) -> dict[str, np.ndarray]:
     """A Ray Data numpy batch with every column a plain (rows, ...) array (ragged tensor columns stacked)."""
-    out = {}
-    for key, col in batch.items():
-        col = np.asarray(col)
-        out[key] = np.stack(list(col)) if col.dtype == object else col
-    return out
+    from zoo_ingest.table import numpy_column
+
+    return {key: numpy_column(col) for key, col in batch.items()}
 
 
 class ShufflePool:

@@ -74,8 +74,7 @@ def to_weight_space(columns: Mapping, spec: NetworkSpec) -> WeightSpace:
             if isinstance(col, pa.Array | pa.ChunkedArray):
                 flat = tensor_values(col)
             else:
-                col = np.asarray(col)
-                flat = np.stack(list(col)) if col.dtype == object else col
+                flat = numpy_column(col)
             batch = len(flat) // int(np.prod(shape)) if flat.ndim == 1 else len(flat)
             with warnings.catch_warnings():  # Arrow buffers are read-only to numpy, but private to us
                 warnings.simplefilter("ignore", UserWarning)
@@ -90,9 +89,22 @@ def _flat_column(col) -> np.ndarray:
     if isinstance(col, pa.Array | pa.ChunkedArray):
         values = tensor_values(col)
         return values.reshape(len(col), -1)
-    col = np.asarray(col)
-    flat = np.stack(list(col)) if col.dtype == object else col
+    flat = numpy_column(col)
     return flat.reshape(len(flat), -1).astype(np.float32, copy=False)
+
+
+def numpy_column(col) -> np.ndarray:
+    """One column of a Ray Data numpy batch as a plain (rows, ...) array. Ray Data hands a tensor column
+    whose rows it could not prove equal in shape as an object array of per-row arrays; those are stacked
+    (rows of unequal shape are an error naming the shapes)."""
+    col = np.asarray(col)
+    if col.dtype != object:
+        return col
+    try:
+        return np.stack(list(col))
+    except ValueError:
+        shapes = sorted({np.shape(row) for row in col}, key=str)
+        raise ValueError(f"a tensor column's rows differ in shape: {shapes[:4]}") from None
 
 
 def _targets(table: pa.Table | pa.RecordBatch, metrics: list[str]) -> dict:

@@ -167,3 +167,35 @@ def test_arbitrary_filter_expression(cnn_table):
     (only,) = list(table.batches(4, filter=expr, targets=[]))
     assert only[0].batch_size == 1 and only[1]["step"].tolist() == [info["steps"][7]]
     assert table.count_rows(filter=expr) == 1
+
+
+def test_object_columns_of_numpy_batches_read_as_plain_columns(cnn_table):
+    """Ray Data hands tensor columns as object arrays of per-row arrays when it cannot prove the rows equal in
+    shape: the weight space and the training batches read them as the plain columns they stand for."""
+    from training.inputs import _dense
+    from zoo_ingest.table import numpy_column
+
+    table, _ = cnn_table
+    arch = sorted(table.archs)[0]
+    spec = table.archs[arch]
+    plain = next(iter(table.batches(6, split="train", arch=arch)))[0]
+    columns = {}
+    for layer, w, b in zip(spec.layers, plain.weights, plain.biases):
+        columns[layer.weight_key] = w[:, 0].numpy()
+        if layer.bias_key is not None:
+            columns[layer.bias_key] = b[:, 0].numpy()
+    as_objects = {}
+    for key, col in columns.items():
+        obj = np.empty(len(col), dtype=object)
+        for i, row in enumerate(col):
+            obj[i] = row
+        as_objects[key] = obj
+    ws = to_weight_space(as_objects, spec)
+    assert all(torch.equal(a, b) for a, b in zip(ws.weights, plain.weights))
+    assert all(torch.equal(a, b) for a, b in zip(ws.biases, plain.biases))
+    dense = _dense(as_objects)
+    assert all(dense[k].dtype == np.float32 and np.array_equal(dense[k], columns[k]) for k in columns)
+    ragged = np.empty(2, dtype=object)
+    ragged[0], ragged[1] = np.zeros((3, 2), np.float32), np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"differ in shape: \[\(2, 2\), \(3, 2\)\]"):
+        numpy_column(ragged)
