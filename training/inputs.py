@@ -26,6 +26,7 @@ from training.augment import augment
 from training.batches import batch_targets, batch_to_weightspace
 from training.config import TrainConfig
 from training.prefetch import EpochPrefetcher
+from zoo_ingest.table import numpy_column
 
 READ_CHUNK_BYTES = 32 << 20  # a streamed read's chunk is at most this big (when a row allows it)
 
@@ -40,9 +41,7 @@ def _take(columns: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.
 
 def _dense(batch: Mapping) -> dict[str, np.ndarray]:
     """A Ray Data numpy batch with every column a plain (rows, ...) array (ragged tensor columns stacked)."""
-    from zoo_ingest.table import numpy_column
-
-    return {key: numpy_column(col) for key, col in batch.items()}
+    return {key: numpy_column(col, key) for key, col in batch.items()}
 
 
 class ShufflePool:

@@ -60,7 +60,7 @@ def to_weight_space(columns: Mapping, spec: NetworkSpec) -> WeightSpace:
     """WeightSpace (B, 1, ...) from tensor columns: Arrow arrays (any tensor type) or numpy batches
     from Ray Data ((B, *shape) arrays, or object arrays of flat rows). Arrow input is not copied."""
     if isinstance(spec, TransformerSpec):
-        flat = [_flat_column(columns[key]) for key in spec.keys]
+        flat = [_flat_column(columns[key], key) for key in spec.keys]
         return TransformerWeightSpace.from_flat(torch.from_numpy(np.concatenate(flat, axis=1)), spec)
     weights, biases = [], []
     batch = None
@@ -74,7 +74,7 @@ def to_weight_space(columns: Mapping, spec: NetworkSpec) -> WeightSpace:
             if isinstance(col, pa.Array | pa.ChunkedArray):
                 flat = tensor_values(col)
             else:
-                flat = numpy_column(col)
+                flat = numpy_column(col, key)
             batch = len(flat) // int(np.prod(shape)) if flat.ndim == 1 else len(flat)
             with warnings.catch_warnings():  # Arrow buffers are read-only to numpy, but private to us
                 warnings.simplefilter("ignore", UserWarning)
@@ -84,19 +84,19 @@ def to_weight_space(columns: Mapping, spec: NetworkSpec) -> WeightSpace:
     return WeightSpace(spec, tuple(weights), tuple(biases))
 
 
-def _flat_column(col) -> np.ndarray:
+def _flat_column(col, name: str) -> np.ndarray:
     """One tensor column as (B, numel) float32, from Arrow or from a Ray Data numpy batch."""
     if isinstance(col, pa.Array | pa.ChunkedArray):
         values = tensor_values(col)
         return values.reshape(len(col), -1)
-    flat = numpy_column(col)
+    flat = numpy_column(col, name)
     return flat.reshape(len(flat), -1).astype(np.float32, copy=False)
 
 
-def numpy_column(col) -> np.ndarray:
+def numpy_column(col, name: str) -> np.ndarray:
     """One column of a Ray Data numpy batch as a plain (rows, ...) array. Ray Data hands a tensor column
     whose rows it could not prove equal in shape as an object array of per-row arrays; those are stacked
-    (rows of unequal shape are an error naming the shapes)."""
+    (rows of unequal shape are an error naming the column `name` and the shapes)."""
     col = np.asarray(col)
     if col.dtype != object:
         return col
@@ -104,7 +104,7 @@ def numpy_column(col) -> np.ndarray:
         return np.stack(list(col))
     except ValueError:
         shapes = sorted({np.shape(row) for row in col}, key=str)
-        raise ValueError(f"a tensor column's rows differ in shape: {shapes[:4]}") from None
+        raise ValueError(f"column {name!r}: its rows differ in shape: {shapes[:4]}") from None
 
 
 def _targets(table: pa.Table | pa.RecordBatch, metrics: list[str]) -> dict:

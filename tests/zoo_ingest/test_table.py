@@ -197,5 +197,5 @@ def test_object_columns_of_numpy_batches_read_as_plain_columns(cnn_table):
     assert all(dense[k].dtype == np.float32 and np.array_equal(dense[k], columns[k]) for k in columns)
     ragged = np.empty(2, dtype=object)
     ragged[0], ragged[1] = np.zeros((3, 2), np.float32), np.zeros((2, 2), np.float32)
-    with pytest.raises(ValueError, match=r"differ in shape: \[\(2, 2\), \(3, 2\)\]"):
-        numpy_column(ragged)
+    with pytest.raises(ValueError, match=r"column 'fc.weight': its rows differ in shape: \[\(2, 2\), \(3, 2\)\]"):
+        numpy_column(ragged, "fc.weight")
