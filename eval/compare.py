@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.report import audit_cell
 from training.metrics import prediction
 
 BACKBONE = "monomial_nfn"
@@ -20,7 +21,8 @@ def comparison_rows(results: dict[str, dict]) -> list[dict]:
         metric = r["metric"]
         row = {"family": label, "model": r["model"], "params": r["num_params"],
                "increase": (r["num_params"] - base) / base if base else None,
-               "clean": r["clean"][metric], "audit_max": r["audit"]["max"], "exact": r["invariance_exact"]}
+               "clean": r["clean"][metric], "audit_max": r["audit"]["max"], "exact": r["invariance_exact"],
+               "audit_claimed": r["audit"].get("claimed")}
         for cond, m in r["robustness"].items():
             row[cond] = m[metric]
         rows.append(row)
@@ -45,12 +47,13 @@ def markdown_table(results: dict[str, dict], title: str) -> str:
         lines.append("| " + " | ".join([
             r["family"], _f(r["clean"]), *[_f(r.get(c)) for c in conds], f"{r['params']:,}",
             _f(r["increase"], pct=True) if r["model"] != BACKBONE else "backbone",
-            f"{r['audit_max']:.2e}" + ("" if r["exact"] else " (approximate by design)"),
+            audit_cell(r["audit_max"], r["exact"], r["audit_claimed"]),
         ]) + " |")
     n = next(iter(results.values()))["n"]
     lines += ["", f"{n} test networks. Conditions replace every test network by a random member of its orbit "
               "(permutations, and positive scales U[1, 10^k] or random signs). The invariance error is the max "
-              "over sampled group elements of |f(g.x) - f(x)|, in float64."]
+              "over sampled group elements of |f(g.x) - f(x)|, in float64, on the network's whole group; for "
+              "a model that claims only permutation invariance, the error on permutations follows it."]
     quasi = {r["family"]: r["clean"] for r in rows if r["model"] == "monomial_nfn_quasi"}
     large = [r["clean"] for r in rows if r["model"] == "monomial_nfn_large"]
     if quasi and large:

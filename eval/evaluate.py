@@ -97,20 +97,31 @@ def invariance_audit(model, batches, samples: int, max_networks: int, exponents=
     """max and mean over networks and `samples` sampled elements of |f(g theta) - f(theta)| in float64.
 
     Elements come from the network's full group (scales up to 10^max(exponents) for ReLU zoos), so a
-    model that is invariant only to permutations shows a large error here.
+    model that is invariant only to permutations shows a large error here. Such a model (`invariant_to`
+    is "perm" while the network's group is larger) is also audited on permutations alone, the group it
+    claims: `audit["claimed"]` holds that group and its max and mean, so a report can show both.
     """
     group = model.spec.group
     scale = (1.0, 10.0 ** max(exponents)) if group == PERM_SCALE else None
+    claimed = getattr(model, "invariant_to", None)
+    audit_claimed = claimed == PERM and group != PERM
     gen = torch.Generator().manual_seed(seed + 1)
     model64 = copy.deepcopy(model).double()
-    errs, seen = [], 0
+    errs, claimed_errs, seen = [], [], 0
     for ws, _ in batches:
-        ws = ws[: max_networks - seen]
+        ws = ws[: max_networks - seen].double()
         elements = [symmetry.sample(ws.spec, ws.batch_size, scale=scale, generator=gen) for _ in range(samples)]
-        errs.append(invariance_errors(model64, ws.double(), elements).flatten())
+        errs.append(invariance_errors(model64, ws, elements).flatten())
+        if audit_claimed:
+            perms = [symmetry.sample(ws.spec, ws.batch_size, group=PERM, generator=gen) for _ in range(samples)]
+            claimed_errs.append(invariance_errors(model64, ws, perms).flatten())
         seen += ws.batch_size
         if seen >= max_networks:
             break
     e = torch.cat(errs)
-    return {"group": group, "scale": list(scale) if scale else None, "samples": samples, "networks": seen,
-            "max": float(e.max()), "mean": float(e.mean())}
+    out = {"group": group, "scale": list(scale) if scale else None, "samples": samples, "networks": seen,
+           "max": float(e.max()), "mean": float(e.mean())}
+    if audit_claimed:
+        c = torch.cat(claimed_errs)
+        out["claimed"] = {"group": claimed, "max": float(c.max()), "mean": float(c.mean())}
+    return out

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from eval.api import ArchitectureMismatch, evaluate_model
+from eval.compare import markdown_table
 from eval.evaluate import evaluate, orbit_conditions
 from eval.loading import ModelNotFound, load_model
+from eval.report import result_table
 from eval.score import score
 from metanets import NetworkSpec, WeightSpace, build_model
 from tests.metanets.reference_nets import Siren, SmallCNN, random_state_dicts
@@ -82,6 +84,12 @@ def test_invariant_model_is_robust_and_passes_the_audit_statnet_does_not():
     stat = evaluate(*_model("statnet", spec), batches, audit_samples=3)
     assert stat["robustness"]["permuted"]["kendall_tau"] == pytest.approx(stat["clean"]["kendall_tau"], abs=1e-6)
     assert stat["audit"]["max"] > 1e-3  # statistics change under scaling
+    # ... but statnet claims permutations only, and on them the audit passes
+    assert stat["audit"]["claimed"]["group"] == "perm" and stat["audit"]["claimed"]["max"] < 1e-9
+    assert "claimed" not in mono["audit"]  # it claims the whole group: one audit
+    assert "on the group the model claims (perm): max = " in result_table(stat)
+    table = markdown_table({"statnet": stat, "monomial_nfn": mono}, "t")
+    assert f"| {stat['audit']['max']:.2e}; perm: {stat['audit']['claimed']['max']:.2e} |" in table  # exact: no note
     quasi = evaluate(*_model("monomial_nfn_quasi", spec, eps=0.5), batches, audit_samples=3)
     assert quasi["invariance_exact"] is False and quasi["audit"]["max"] > 1e-9
     shared = evaluate(*_model("monomial_nfn_quasi", spec, eps=0.5, alpha_mode="shared"), batches, audit_samples=3)

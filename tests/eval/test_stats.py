@@ -78,6 +78,18 @@ def test_benchmark_summary_and_report(tmp_path):
     assert text.index("| statnet |") < text.index("| monomial_nfn |")  # config order, not ranked
     assert f"| statnet | no action | {clean['mean']:+.3f}" in text and NO_DIFFERENCE in text
     assert "statnet is lower than monomial_nfn under 'U[1,10^3]'" in text
+    assert "| statnet | 2,000 | 3.00e+00 (approximate by design) |" in text
     assert "statnet seed 3: ValueError: boom" in text
     for plot in (plot_conditions(s, tmp_path / "a.png", "t"), plot_paired(s, tmp_path / "b.png", "t")):
         assert plot.stat().st_size > 10_000
+
+
+def test_benchmark_report_shows_the_audit_on_the_group_a_family_claims():
+    families = [{"label": "hnp", "model": "hnp"}]
+    records = [_record("hnp", "hnp", s, 0.6, 0.1, audit=7e3) for s in (0, 1)]
+    for r, err in zip(records, (2e-15, 5e-15)):
+        r["result"]["invariance_exact"] = True
+        r["result"]["audit"]["claimed"] = {"group": "perm", "max": err, "mean": err / 2}
+    s = summarize_benchmark(records, families, [0, 1])
+    assert s["info"]["hnp"]["audit_claimed"] == {"group": "perm", "max": 5e-15}
+    assert "| hnp | 2,000 | 7.00e+03; perm: 5.00e-15 |" in markdown(s, "test")
