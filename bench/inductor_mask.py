@@ -7,6 +7,8 @@ monomial_nfn step's size (64 x 16 x 16 x 144).
     python bench/inductor_mask.py [--rows 16384] [--cols 144] [--threads 1] [--repeats 20] [--device cpu|cuda]
 
 Every variant runs in the same process; the table prints medians and the ratio to the eager ReLU + mask.
+The metanetworks no longer form this mask when compiled on CPU: their ReLU
+(`metanets.layers.common.relu`) has a backward operator that reads the saved float output instead.
 """
 
 from __future__ import annotations

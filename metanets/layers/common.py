@@ -199,13 +199,57 @@ def in_memory_order(fn, t: torch.Tensor) -> torch.Tensor:
     return fn(t.permute(order)).permute(inverse)
 
 
+@torch.library.custom_op("metazoo::relu_backward", mutates_args=())
+def _relu_backward_op(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """ReLU's gradient from its output, by eager's kernel: an operator TorchInductor cannot look into."""
+    result = torch.empty_like(grad)
+    return torch.ops.aten.threshold_backward.grad_input(grad, out, 0.0, grad_input=result)
+
+
+@_relu_backward_op.register_fake
+def _(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(grad)
+
+
+class _ReLUSavingOutput(torch.autograd.Function):
+    """torch.relu whose backward reads the saved float output through `metazoo::relu_backward`."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(t)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return _relu_backward_op(grad, out)
+
+
+def relu(t: torch.Tensor) -> torch.Tensor:
+    """`torch.relu(t)`, whose backward, under `torch.compile` on CPU, keeps the output rather than a bool mask.
+
+    Compiled as it is, AOTAutograd's partitioner saves ReLU's backward mask `t <= 0` as a bool tensor
+    computed in the forward, and the CPU kernel inductor writes for a ReLU and its bool mask in one loop
+    was 13-19x slower than eager's ReLU (`bench/inductor_mask.py`, docs/training.md). Here the forward is
+    still inductor's (fused, one vectorised loop), but the backward is a custom operator that needs the
+    float output, so the partitioner keeps that and never forms the mask; the operator runs eager's
+    `threshold_backward`. Values and gradients are torch.relu's. Eager, under `torch.export` (MLflow's pt2
+    files must load where `metazoo::relu_backward` is not registered) and on other devices it is
+    `torch.relu` itself.
+    """
+    if t.device.type == "cpu" and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        return _ReLUSavingOutput.apply(t)
+    return torch.relu(t)
+
+
 class WSActivation(nn.Module):
     """An elementwise nonlinearity applied to every tensor of a weight space, in each tensor's memory order
-    (`in_memory_order`)."""
+    (`in_memory_order`); ReLU is `relu` above."""
 
     def __init__(self, fn: str = "relu"):
         super().__init__()
-        self.fn = {"relu": torch.relu, "tanh": torch.tanh, "identity": lambda t: t}[fn]
+        self.fn = {"relu": relu, "tanh": torch.tanh, "identity": lambda t: t}[fn]
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
         return ws.map(lambda t: in_memory_order(self.fn, t))

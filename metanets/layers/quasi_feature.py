@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metanets.layers.common import ChannelLinear
+from metanets.layers.common import ChannelLinear, relu
 from metanets.layers.quasi import ALPHA_MODES, require_scaling_group
 from metanets.layers.stats import NUM_STATS, tensor_stats
 from metanets.spec import NetworkSpec
@@ -129,7 +129,7 @@ class FeatureQuasiLayer(nn.Module):
     def unscaled_and_scales(self, feature: WeightSpace, theta: WeightSpace):
         """(ReLU(last(x)), alpha(x)): a positive scale commutes with ReLU, so `forward` is `scale_hidden` of
         the two (`Metanetwork.pooled` folds it into the pool)."""
-        return self.last(feature).map(torch.relu), self.alpha(feature)
+        return self.last(feature).map(relu), self.alpha(feature)
 
     def forward(self, feature: WeightSpace, theta: WeightSpace) -> WeightSpace:
         return scale_hidden(*self.unscaled_and_scales(feature, theta))

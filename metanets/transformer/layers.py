@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from metanets.layers.common import ChannelLinear
+from metanets.layers.common import ChannelLinear, relu
 from metanets.spec import PERM_SIGN, SpecError
 from metanets.transformer.spec import TransformerSpec
 from metanets.transformer.weight_space import TransformerWeightSpace
@@ -122,7 +122,7 @@ class TransformerGate(nn.Module):
         L = spec.num_layers
         self.weight = nn.Parameter(torch.empty(L, 4 * channels, 2 * channels).uniform_(-1, 1) / math.sqrt(2 * channels))
         self.bias = nn.Parameter(torch.zeros(L, 4 * channels))
-        self.ffn = torch.tanh if spec.ffn_group == PERM_SIGN else torch.relu
+        self.ffn = torch.tanh if spec.ffn_group == PERM_SIGN else relu
 
     def forward(self, ws: TransformerWeightSpace) -> TransformerWeightSpace:
         t_qk = (ws.wq * ws.wk).sum(dim=(-2, -1)) + (ws.bq * ws.bk).sum(dim=-1)  # (B, C, L, H)
@@ -135,5 +135,5 @@ class TransformerGate(nn.Module):
             wq=ws.wq * gq.unsqueeze(-1), bq=ws.bq * gq, wk=ws.wk * gk.unsqueeze(-1), bk=ws.bk * gk,
             wv=ws.wv * gv.unsqueeze(-1), bv=ws.bv * gv, wo=ws.wo * go.unsqueeze(-1),
             wa=self.ffn(ws.wa), ba=self.ffn(ws.ba), wb=self.ffn(ws.wb),
-            bo=torch.relu(ws.bo), bb=torch.relu(ws.bb), extras=tuple(torch.relu(e) for e in ws.extras),
+            bo=relu(ws.bo), bb=relu(ws.bb), extras=tuple(relu(e) for e in ws.extras),
         )

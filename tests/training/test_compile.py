@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from metanets import NetworkSpec, WeightSpace, build_model, symmetry
+from metanets.layers.common import relu
 from metanets.testing import TOLERANCE, assert_invariant
 from training.config import ConfigError, load_config
 from training.engine import COMPILED_PREFIX, clean_state_dict, uncompiled
@@ -90,6 +91,67 @@ def test_compiled_per_channel_quasi_matches_eager(alpha_source):
 @pytest.mark.parametrize("name,activation", [("monomial_nfn", "relu"), ("hnp", "relu"), ("np", "tanh")])
 def test_inductor_compiled_model_matches_eager_and_stays_invariant(name, activation):
     _compiled_matches_eager(name, activation, "inductor")
+
+
+def _saved_and_backward(fn, *inputs):
+    """What AOTAutograd's partitioner keeps from the forward for the backward (dtypes of the saved
+    tensors) and the operators the backward graphs call, for `fn(*inputs).sum()` compiled with inductor's
+    decompositions and partitioner (min-cut rematerialisation) but no code generation."""
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    saved, called = [], set()
+
+    def forward_compiler(gm, example_inputs):
+        outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        saved.extend(n.meta["val"].dtype for n in outputs if isinstance(n, torch.fx.Node) and "val" in n.meta)
+        return make_boxed_func(gm.forward)
+
+    def backward_compiler(gm, example_inputs):
+        called.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=backward_compiler,
+                           partition_fn=min_cut_rematerialization_partition, decompositions=select_decomp_table())
+    torch.compile(lambda *xs: fn(*xs).sum(), backend=backend)(*inputs).backward()
+    return saved, called
+
+
+def test_compiled_relu_saves_its_output_not_a_bool_mask():
+    """monomial_nfn's ReLUs (`metanets.layers.common.relu`) under torch.compile on CPU: their backward
+    reads the saved float output through metazoo::relu_backward, so the forward saves no bool mask
+    (inductor's CPU kernel that writes one was 13-19x slower than eager's ReLU). The same model with
+    plain torch.relu, compiled the same way, does save bool masks."""
+    from metanets.layers.common import WSActivation
+
+    spec, ws = _spec_and_batch("relu")
+    model = _model("monomial_nfn", spec).float()
+    x = WeightSpace(spec, tuple(w.float() for w in ws.weights), tuple(b.float() for b in ws.biases))
+    saved, called = _saved_and_backward(lambda: model(x))
+    assert torch.bool not in saved and "metazoo.relu_backward.default" in called, (saved, called)
+    for module in model.modules():
+        if isinstance(module, WSActivation):
+            module.fn = torch.relu
+    saved_plain, called_plain = _saved_and_backward(lambda: model(x))
+    assert torch.bool in saved_plain and "metazoo.relu_backward.default" not in called_plain, saved_plain
+
+
+def test_compiled_relu_equals_torch_relu_in_float64():
+    """Values and gradients, exact zeros included (the gradient at 0 is 0, as torch.relu's)."""
+    x = torch.randn(7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x[0, :3] = 0.0
+    ours, ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    weights = torch.randn(7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    out = torch.compile(relu, backend="aot_eager", fullgraph=True)(ours)
+    expected = torch.relu(ref)
+    assert torch.equal(out, expected)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.equal(ours.grad, ref.grad)
+    assert torch.equal(relu(x), torch.relu(x))  # eager: torch.relu itself
 
 
 def test_compiled_model_still_names_bad_input():
